@@ -1,0 +1,79 @@
+// gru_native.cpp: the op schemas (declared once, here) and the Python module gru_native._C.
+//
+// Each device registers its implementations where its kernels live: cpu/gru_cpu.cpp and
+// cuda/gru_cuda.cpp (TORCH_LIBRARY_IMPL). Autograd and fake (meta) kernels are registered in
+// Python, gru_native/ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
+
+#include "cpu/kernels.h"
+
+// setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
+#define GRU_NATIVE_STR_(x) #x
+#define GRU_NATIVE_STR(x) GRU_NATIVE_STR_(x)
+
+TORCH_LIBRARY(gru_native, m) {
+  // The whole stack (all layers, both directions, dropout between layers) in one call.
+  // Dense input [T, N, C] or packed data [R, C] with batch_sizes. See csrc/gru_stack.h.
+  m.def(
+      "gru_forward(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, "
+      "Tensor? dropout_mask, bool has_biases, int num_layers, bool bidirectional, "
+      "bool need_workspace) -> (Tensor output, Tensor hy, Tensor workspace, "
+      "Tensor layer_outputs)");
+  m.def(
+      "gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor hx, "
+      "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_mask, Tensor output, "
+      "Tensor workspace, Tensor layer_outputs, bool has_biases, int num_layers, "
+      "bool bidirectional, bool need_input_grad, bool need_weight_grad) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+}
+
+namespace {
+
+std::string decode_hex(const char* text) {
+  std::string hex(text), out;
+  if (hex.rfind("0x", 0) != 0) return out;
+  for (size_t i = 2; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch_version_built"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                                std::to_string(TORCH_VERSION_MINOR) + "." +
+                                std::to_string(TORCH_VERSION_PATCH);
+#ifdef GRU_NATIVE_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_arch_list"] = decode_hex(GRU_NATIVE_STR(GRU_NATIVE_CUDA_ARCH_LIST));
+  info["nvcc_flags"] = decode_hex(GRU_NATIVE_STR(GRU_NATIVE_NVCC_FLAGS));
+#else
+  info["cuda"] = false;
+  info["cuda_arch_list"] = std::string();
+  info["nvcc_flags"] = std::string();
+#endif
+#ifdef GRU_NATIVE_CXX_FLAGS
+  info["cxx_flags"] = decode_hex(GRU_NATIVE_STR(GRU_NATIVE_CXX_FLAGS));
+#else
+  info["cxx_flags"] = std::string();
+#endif
+  info["cpu_vector_isa"] = std::string(gru_native::cpu::vector_isa());
+  info["portable"] = static_cast<bool>(GRU_NATIVE_PORTABLE);
+  info["debug"] =
+#ifdef NDEBUG
+      false;
+#else
+      true;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("build_info", &build_info, "How this extension was built");
+}

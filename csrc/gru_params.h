@@ -1,0 +1,51 @@
+// gru_params.h: the raw-pointer contract between the device-independent driver (gru_stack.cpp)
+// and the per-device recurrence kernels (cpu/, cuda/). No ATen here. Shape legend: gru_cell.h.
+#pragma once
+
+#include <cstdint>
+
+namespace gru_native {
+
+// The step schedule of one sequence batch: N_t rows live at step t, stored at rows
+// [offsets[t], offsets[t] + batch_sizes[t]) of every [R, ...] buffer. Host memory.
+struct StepSchedule {
+  int64_t T = 0;                         // steps
+  int64_t N = 0;                         // batch = batch_sizes[0] (0 for an empty batch)
+  int64_t R = 0;                         // rows = sum(batch_sizes)
+  const int64_t* batch_sizes = nullptr;  // [T], non-increasing
+  const int64_t* offsets = nullptr;      // [T], offsets[t] = sum_{t'<t} batch_sizes[t']
+};
+
+// One layer, all its directions, forward. Direction 0 runs t = 0..T-1, direction 1 (reverse)
+// runs t = T-1..0; every row starts from its own h0 row (packed semantics, SPEC 1.5).
+template <typename scalar_t>
+struct LayerForwardParams {
+  StepSchedule steps;
+  int64_t H = 0;
+  int D = 1;
+  const scalar_t* gi[2] = {nullptr, nullptr};    // [R, 3H]  x W_ih^T + b_ih
+  const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
+  const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
+  scalar_t* h[2] = {nullptr, nullptr};           // [N, H]  h0 on entry, h_n on exit
+  scalar_t* ws[2] = {nullptr, nullptr};          // [R, 4H] [r|z|n|hn], nullptr: do not save
+  scalar_t* out = nullptr;                       // [R, D*H], direction d owns columns d*H..
+};
+
+// One layer, all its directions, backward through time.
+template <typename scalar_t>
+struct LayerBackwardParams {
+  StepSchedule steps;
+  int64_t H = 0;
+  int D = 1;
+  const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
+  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H]
+  const scalar_t* ws[2] = {nullptr, nullptr};    // [R, 4H] saved by the forward
+  const scalar_t* out = nullptr;                 // [R, D*H] the layer's output h_t
+  const scalar_t* dout = nullptr;                // [R, D*H] dL/d(output of this layer)
+  scalar_t* dh[2] = {nullptr, nullptr};          // [N, H]  dL/dh_n on entry, dL/dh0 on exit
+  scalar_t* dgi[2] = {nullptr, nullptr};         // [R, 3H] out: dL/d(x W_ih^T + b_ih)
+  scalar_t* dgh[2] = {nullptr, nullptr};         // [R, 3H] out: dL/d(h W_hh^T + b_hh)
+  scalar_t* hp[2] = {nullptr, nullptr};          // [R, H]  out: h_{t-1} of every row
+};
+
+}  // namespace gru_native

@@ -1,0 +1,14 @@
+"""gru_native: a fused GRU for PyTorch, a drop-in replacement for torch.nn.GRU.
+
+    import gru_native
+    rnn = gru_native.GRU(input_size, hidden_size, num_layers, bidirectional=True)
+
+Everything nn.GRU takes and returns, the same parameters and state_dict; one fused op forward and
+one backward for the whole stack (C++ on the CPU, CUDA on NVIDIA GPUs).
+"""
+
+from ._version import __version__
+from .gru import GRU
+from .ops import build_info, gru
+
+__all__ = ["GRU", "gru", "build_info", "__version__"]

@@ -1,0 +1,172 @@
+"""gru_native.GRU: a drop-in replacement for torch.nn.GRU running on the fused gru_native ops."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union, overload
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops
+
+__all__ = ["GRU"]
+
+
+class GRU(nn.RNNBase):
+    r"""__init__(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)
+
+    A multi-layer gated recurrent unit, with exactly the interface of :class:`torch.nn.GRU`
+    (constructor, parameters and their names, initialisation, ``state_dict``, shapes,
+    PackedSequence handling, dropout, errors) computed by fused C++/CUDA kernels: one op call for
+    the whole stack forward, one for the whole backward.
+
+    For each element of the input sequence each layer computes (gate order r, z, n)::
+
+        r_t = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    The input of layer ``l >= 1`` is the output of layer ``l - 1``, times a dropout mask in
+    training when ``dropout > 0`` (drawn from torch's generator as nn.GRU draws it on the CPU).
+
+    Args:
+        input_size: features of the input ``x``.
+        hidden_size: features of the hidden state ``h``.
+        num_layers: stacked GRU layers. Default: 1
+        bias: if ``False``, no ``b_ih`` and ``b_hh``. Default: ``True``
+        batch_first: if ``True``, input and output are ``(N, L, H_in)`` / ``(N, L, D * H_out)``
+            (never the hidden state). Default: ``False``
+        dropout: probability of zeroing the output of every layer but the last, in training.
+            Default: 0
+        bidirectional: if ``True``, a bidirectional GRU. Default: ``False``
+
+    Inputs: input, h_0
+        * **input**: ``(L, H_in)`` unbatched, ``(L, N, H_in)``, or ``(N, L, H_in)`` with
+          ``batch_first=True``; or a :class:`~torch.nn.utils.rnn.PackedSequence`.
+        * **h_0**: ``(D * num_layers, H_out)`` or ``(D * num_layers, N, H_out)``; zeros if not
+          given.
+
+    Outputs: output, h_n
+        * **output**: ``(L, D * H_out)``, ``(L, N, D * H_out)`` or ``(N, L, D * H_out)``: the
+          last layer's ``h_t`` for every ``t`` (both directions concatenated); a PackedSequence
+          if the input was one.
+        * **h_n**: ``(D * num_layers, H_out)`` or ``(D * num_layers, N, H_out)``: the final
+          state of every layer and direction (index ``layer * D + direction``).
+
+    with N = batch size, L = sequence length, D = 2 if bidirectional else 1,
+    H_in = input_size, H_out = hidden_size.
+
+    Attributes:
+        weight_ih_l[k]: ``(3*hidden_size, input_size)`` for ``k = 0``, else
+            ``(3*hidden_size, D*hidden_size)``, rows (W_ir|W_iz|W_in)
+        weight_hh_l[k]: ``(3*hidden_size, hidden_size)``, rows (W_hr|W_hz|W_hn)
+        bias_ih_l[k]: ``(3*hidden_size)``, (b_ir|b_iz|b_in)
+        bias_hh_l[k]: ``(3*hidden_size)``, (b_hr|b_hz|b_hn)
+        (``_reverse`` suffix for the reverse direction.) All are initialised from
+        ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
+
+    Example::
+
+        >>> rnn = gru_native.GRU(10, 20, 2)
+        >>> input = torch.randn(5, 3, 10)
+        >>> h0 = torch.randn(2, 3, 20)
+        >>> output, hn = rnn(input, h0)
+    """
+
+    @overload
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None: ...
+
+    @overload
+    def __init__(self, *args, **kwargs) -> None: ...
+
+    def __init__(self, *args, **kwargs):
+        # nn.GRU's own constructor, argument for argument (validation, parameters, init).
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def flatten_parameters(self) -> None:
+        """A no-op: the gru_native kernels read each parameter where it is, on every device, so
+        there is no cuDNN weight buffer to compact (nn.GRU's is a no-op off cuDNN too)."""
+
+    @overload
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tensor] = None
+    ) -> Tuple[PackedSequence, Tensor]: ...
+
+    def forward(
+        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
+    ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        # The same steps, checks and messages as nn.GRU.forward, in the same order.
+        self._update_flat_weights()
+
+        orig_input = input
+        num_directions = 2 if self.bidirectional else 1
+        if isinstance(orig_input, PackedSequence):
+            raise NotImplementedError(
+                "gru_native.GRU does not take PackedSequence input yet"
+            )
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            else:
+                if hx is not None and hx.dim() != 3:
+                    raise RuntimeError(
+                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                    )
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            if hx is None:
+                hx = torch.zeros(
+                    self.num_layers * num_directions,
+                    max_batch_size,
+                    self.hidden_size,
+                    dtype=input.dtype,
+                    device=input.device,
+                )
+
+        self.check_forward_args(input, hx, batch_sizes)
+        output, hidden = ops.gru(
+            input,
+            hx,
+            self._flat_weights,
+            self.bias,
+            self.num_layers,
+            self.dropout,
+            self.training,
+            self.bidirectional,
+            self.batch_first,
+            batch_sizes,
+        )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, hidden

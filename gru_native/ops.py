@@ -1,0 +1,288 @@
+"""The gru_native ops: fake (meta) kernels, autograd, and `gru`, the functional entry point.
+
+The C++ extension declares two ops (csrc/gru_native.cpp) and implements them per device:
+
+- ``gru_native::gru_forward``: every layer and direction of the stack in one call. Returns the
+  output, h_n, and what backward needs (the per-step gates and the lower layers' outputs).
+- ``gru_native::gru_backward``: the whole backward pass in one call.
+
+`gru` below plays the part of ``torch._VF.gru``: the checks ATen makes (same messages), the dropout
+masks drawn from torch's generator exactly as ATen draws them, and the call to the forward op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the op library)
+
+__all__ = ["gru", "build_info"]
+
+_ops = torch.ops.gru_native
+
+# How ATen names dtypes in the two dtype-mismatch errors of the recurrent GEMM: c10::ScalarType
+# names (addmm) and C type names (mm).
+_SCALAR_TYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+}
+_C_TYPE_NAMES = {
+    torch.float32: "float",
+    torch.float64: "double",
+    torch.float16: "c10::Half",
+    torch.bfloat16: "c10::BFloat16",
+    torch.int64: "long int",
+    torch.int32: "int",
+    torch.int16: "short int",
+    torch.int8: "signed char",
+    torch.uint8: "unsigned char",
+    torch.bool: "bool",
+    torch.complex64: "c10::complex<float>",
+    torch.complex128: "c10::complex<double>",
+}
+
+
+def build_info() -> dict:
+    """How the extension was built: torch version (built against / running), whether the CUDA
+    kernels were compiled (and for which architectures), compiler flags, CPU vector ISA."""
+    info = dict(_C.build_info())
+    info["torch_version"] = torch.__version__
+    info["version"] = __import__("gru_native._version", fromlist=["__version__"]).__version__
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake kernels: output metadata from input metadata (torch.compile, meta tensors, opcheck).
+
+
+@torch.library.register_fake("gru_native::gru_forward")
+def _gru_forward_fake(
+    input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers, bidirectional,
+    need_workspace,
+):
+    D = 2 if bidirectional else 1
+    H = hx.size(2)
+    if batch_sizes is None:
+        torch._check(input.dim() == 3, lambda: "gru_native: dense input must be 3-D")
+        T, N = input.size(0), input.size(1)
+        R = T * N
+        output = input.new_empty((T, N, D * H))
+    else:
+        torch._check(input.dim() == 2, lambda: "gru_native: packed input must be 2-D")
+        R = input.size(0)
+        output = input.new_empty((R, D * H))
+    hy = input.new_empty((num_layers * D, hx.size(1), H))
+    if need_workspace:
+        workspace = input.new_empty((num_layers, D, R, 4 * H))
+        layer_outputs = input.new_empty((num_layers - 1, R, D * H) if num_layers > 1 else (0,))
+    else:
+        workspace = input.new_empty((0,))
+        layer_outputs = input.new_empty((0,))
+    return output, hy, workspace, layer_outputs
+
+
+@torch.library.register_fake("gru_native::gru_backward")
+def _gru_backward_fake(
+    grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, workspace,
+    layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
+):
+    grad_input = input.new_empty(input.shape) if need_input_grad else input.new_empty((0,))
+    grad_hx = hx.new_empty(hx.shape)
+    grad_weights = [w.new_empty(w.shape) for w in weights] if need_weight_grad else []
+    return grad_input, grad_hx, grad_weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd: the forward op saves its workspace, the backward op consumes it.
+
+
+def _setup_context(ctx, inputs, output):
+    (input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers, bidirectional,
+     _need_workspace) = inputs
+    out, _hy, workspace, layer_outputs = output
+    ctx.mark_non_differentiable(workspace, layer_outputs)
+    # Unused outputs get None, not zero-filled gradients (the workspace is large).
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask,
+                          *weights)
+    ctx.has_biases = has_biases
+    ctx.num_layers = num_layers
+    ctx.bidirectional = bidirectional
+    ctx.need_input_grad = input.requires_grad
+    ctx.need_weight_grad = any(w.requires_grad for w in weights)
+
+
+def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
+    (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask,
+     *weights) = ctx.saved_tensors
+    if workspace.dim() != 4:
+        # The forward was asked not to keep its workspace (need_workspace=False) and yet a
+        # gradient is wanted: recompute it, like activation checkpointing would.
+        out, _, workspace, layer_outputs = _ops.gru_forward(
+            input, hx, weights, batch_sizes, dropout_mask, ctx.has_biases, ctx.num_layers,
+            ctx.bidirectional, True,
+        )
+    grad_input, grad_hx, grad_weights = _ops.gru_backward(
+        grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, out, workspace,
+        layer_outputs, ctx.has_biases, ctx.num_layers, ctx.bidirectional, ctx.need_input_grad,
+        ctx.need_weight_grad,
+    )
+    return (
+        grad_input if ctx.need_input_grad else None,
+        grad_hx,
+        list(grad_weights) if ctx.need_weight_grad else [None] * len(weights),
+        None, None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "gru_native::gru_forward", _backward, setup_context=_setup_context
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional entry point (what torch._VF.gru is to nn.GRU).
+
+
+def _check_attributes(input: Tensor, hx: Tensor, weights: Sequence[Tensor]) -> None:
+    # ATen's check_attributes (RNN.cpp), same messages.
+    for name, tensors in (("hidden", (hx,)), ("parameter", weights)):
+        for t in tensors:
+            if t.device != input.device:
+                raise RuntimeError(
+                    f"Input and {name} tensors are not at the same device, found input tensor "
+                    f"at {input.device} and {name} tensor at {t.device}"
+                )
+
+
+def _check_hidden_dtype(hx: Tensor, weights: Sequence[Tensor], has_biases: bool) -> None:
+    # On the native path, a mismatched h0 first meets W_hh in the recurrent addmm (bias) or
+    # mm (no bias), whose messages these are.
+    w = weights[1]
+    if hx.dtype == w.dtype:
+        return
+    if has_biases:
+        raise RuntimeError(
+            "mat1 and mat2 must have the same dtype, but got "
+            f"{_SCALAR_TYPE_NAMES.get(hx.dtype, hx.dtype)} and "
+            f"{_SCALAR_TYPE_NAMES.get(w.dtype, w.dtype)}"
+        )
+    raise RuntimeError(
+        "expected m1 and m2 to have the same dtype, but got: "
+        f"{_C_TYPE_NAMES.get(hx.dtype, str(hx.dtype))} != {_C_TYPE_NAMES.get(w.dtype, str(w.dtype))}"
+    )
+
+
+def _dropout_mask(
+    p: float, num_layers: int, rows: int, width: int, like: Tensor
+) -> Optional[Tensor]:
+    """The keep-masks nn.GRU applies to each lower layer's output in training, drawn exactly as
+    ATen draws them (at::dropout on CPU: ``empty_like(x).bernoulli_(1 - p).div_(1 - p)``, one
+    draw per layer in layer order; p == 1 multiplies by zero without drawing; nothing is drawn
+    for an empty tensor), so a seeded run reproduces nn.GRU's masks on the CPU."""
+    if rows * width == 0:
+        return None
+    mask = torch.empty((num_layers - 1, rows, width), dtype=like.dtype, device=like.device)
+    if p == 1:
+        return mask.zero_()
+    for layer in range(num_layers - 1):
+        mask[layer].bernoulli_(1 - p)
+    return mask.div_(1 - p)
+
+
+_warned_fallback = set()
+
+
+def _has_kernel(device: torch.device) -> bool:
+    if device.type in ("cpu", "meta"):
+        return True
+    key = {"cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "gru_native::gru_forward", key
+    )
+
+
+def gru(
+    input: Tensor,
+    hx: Tensor,
+    weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool = False,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Multi-layer GRU over a whole sequence, the arguments of ``torch._VF.gru``.
+
+    Dense: ``input`` is [T, N, C] ([N, T, C] if ``batch_first``) and the output [T, N, D*H]
+    (a transposed view if ``batch_first``, as ATen returns). Packed: ``input`` is the
+    PackedSequence's data [R, C] and ``batch_sizes`` its batch sizes; the output is [R, D*H].
+    ``hx`` is [L*D, N, H]; returns ``(output, h_n)``.
+    """
+    weights = list(weights)
+    if not all(type(flag) is bool for flag in (has_biases, train, bidirectional, batch_first)):
+        # nn.GRU passes these to torch._VF.gru, whose argument parser rejects anything but a
+        # bool (e.g. GRU(..., bidirectional=1)); let it raise its own TypeError.
+        if batch_sizes is None:
+            torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first)
+        else:
+            torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                          train, bidirectional)
+        raise TypeError("gru_native: has_biases, train, bidirectional and batch_first must be "
+                        "bools")
+    _check_attributes(input, hx, weights)
+    if not _has_kernel(input.device):
+        if input.device.type not in _warned_fallback:
+            _warned_fallback.add(input.device.type)
+            warnings.warn(
+                f"gru_native has no kernels for device '{input.device.type}' in this build; "
+                "using torch's own GRU implementation there",
+                stacklevel=3,
+            )
+        if batch_sizes is None:
+            return torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                                 bidirectional, batch_first)
+        return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                             train, bidirectional)
+
+    if batch_sizes is None:
+        if batch_first:
+            input = input.transpose(0, 1)
+        if input.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        rows = input.size(0) * input.size(1)
+    else:
+        rows = input.size(0)
+    _check_hidden_dtype(hx, weights, has_biases)
+
+    D = 2 if bidirectional else 1
+    mask = None
+    if dropout != 0 and train and num_layers > 1:
+        mask = _dropout_mask(float(dropout), num_layers, rows, D * hx.size(-1), input)
+    need_workspace = torch.is_grad_enabled() and (
+        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights)
+    )
+    output, hy, _, _ = _ops.gru_forward(
+        input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
+        need_workspace,
+    )
+    if batch_sizes is None and batch_first:
+        output = output.transpose(0, 1)
+    return output, hy

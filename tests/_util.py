@@ -1,0 +1,74 @@
+"""Shared test helpers: the tolerance table, one comparison that reports the worst element, and
+the devices to run on."""
+
+import pytest
+import torch
+
+# Per dtype: (atol, rtol) for comparing gru_native with torch.nn.GRU / the float64 reference.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+}
+
+
+def devices():
+    """CPU always; CUDA when a GPU is there and gru_native was built with its kernels."""
+    params = [pytest.param("cpu", id="cpu")]
+    cuda_ok = torch.cuda.is_available()
+    if cuda_ok:
+        import gru_native
+
+        cuda_ok = gru_native.build_info()["cuda"]
+    params.append(pytest.param(
+        "cuda", id="cuda",
+        marks=pytest.mark.skipif(not cuda_ok, reason="no GPU, or gru_native built without CUDA"),
+    ))
+    return params
+
+
+def assert_close(actual, expected, name="", dtype=None, atol=None, rtol=None):
+    """allclose with the dtype's tolerances; on failure, name the worst element."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    dtype = dtype or actual.dtype
+    d_atol, d_rtol = TOLERANCES[dtype]
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    a = actual.detach().to(torch.float64).cpu()
+    e = expected.detach().to(torch.float64).cpu()
+    if a.numel() == 0:
+        return
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    assert torch.equal(nan_a, nan_e), f"{name}: NaN positions differ"
+    a = torch.where(nan_a, torch.zeros_like(a), a)
+    e = torch.where(nan_e, torch.zeros_like(e), e)
+    err = (a - e).abs()
+    excess = err - (atol + rtol * e.abs())
+    worst = int(torch.argmax(excess))
+    if excess.reshape(-1)[worst] > 0:
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape))
+        raise AssertionError(
+            f"{name}: max |diff| {err.max().item():.3e}; worst at {idx}: "
+            f"{a.reshape(-1)[worst].item()!r} vs {e.reshape(-1)[worst].item()!r} "
+            f"(atol={atol}, rtol={rtol}, dtype={dtype})"
+        )
+
+
+def assert_meaningful(grad, name, minimum=1e-3):
+    """A gradient that is almost zero everywhere proves nothing when compared."""
+    assert grad is not None, f"{name}: no gradient"
+    assert grad.abs().max().item() > minimum, f"{name}: gradient too small to be a test"
+
+
+def make_pair(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+              bidirectional=False, dtype=torch.float32, device="cpu", seed=0):
+    """A torch.nn.GRU and a gru_native.GRU with the same weights."""
+    import gru_native
+
+    torch.manual_seed(seed)
+    ref = torch.nn.GRU(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                       bidirectional=bidirectional, dtype=dtype, device=device)
+    ours = gru_native.GRU(input_size, hidden_size, num_layers, bias=bias,
+                          batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,
+                          device=device)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours

@@ -1,0 +1,172 @@
+"""The ops themselves: torch.library.opcheck, dropout semantics, bitwise determinism."""
+
+import pytest
+import torch
+from torch import nn
+
+import gru_native
+from gru_native import ops
+
+from _util import assert_close, make_pair
+
+
+def _weights(C, H, L, D, bias, dtype=torch.float64, requires_grad=True):
+    ws = []
+    for layer in range(L):
+        for _ in range(D):
+            cin = C if layer == 0 else D * H
+            shapes = [(3 * H, cin), (3 * H, H)] + ([(3 * H,), (3 * H,)] if bias else [])
+            ws += [torch.randn(s, dtype=dtype, requires_grad=requires_grad) for s in shapes]
+    return ws
+
+
+OPCHECK_CASES = [
+    dict(L=1, D=1, bias=True, mask=False, need_ws=True),
+    dict(L=2, D=2, bias=True, mask=True, need_ws=True),
+    dict(L=3, D=1, bias=False, mask=False, need_ws=False),
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_opcheck_forward(case):
+    torch.manual_seed(0)
+    T, N, C, H = 4, 2, 3, 5
+    L, D = case["L"], case["D"]
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(L * D, N, H, dtype=torch.float64, requires_grad=True)
+    ws = _weights(C, H, L, D, case["bias"])
+    mask = (torch.rand(L - 1, T * N, D * H, dtype=torch.float64) > 0.3).double() / 0.7 \
+        if case["mask"] and L > 1 else None
+    torch.library.opcheck(
+        torch.ops.gru_native.gru_forward.default,
+        (x, hx, ws, None, mask, case["bias"], L, D == 2, case["need_ws"]),
+    )
+
+
+def test_opcheck_backward():
+    torch.manual_seed(0)
+    T, N, C, H, L, D = 3, 2, 3, 4, 2, 2
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    hx = torch.randn(L * D, N, H, dtype=torch.float64)
+    ws = _weights(C, H, L, D, True, requires_grad=False)
+    out, hy, work, lower = torch.ops.gru_native.gru_forward(x, hx, ws, None, None, True, L, True,
+                                                            True)
+    g_out, g_h = torch.randn_like(out), torch.randn_like(hy)
+    torch.library.opcheck(
+        torch.ops.gru_native.gru_backward.default,
+        (g_out, g_h, x, hx, ws, None, None, out, work, lower, True, L, True, True, True),
+    )
+
+
+def test_backward_op_with_missing_output_gradients():
+    # Only h_n used: grad_output is None; only output used: grad_hy is None.
+    torch.manual_seed(0)
+    ref, ours = make_pair(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for pick in (0, 1):
+        grads = []
+        for m in (ref, ours):
+            xi = x.clone().requires_grad_()
+            res = m(xi)[pick]
+            grads.append(torch.autograd.grad(res.pow(2).sum(), [xi] + list(m.parameters())))
+        for g_o, g_r in zip(grads[1], grads[0]):
+            assert_close(g_o, g_r, f"grad (output {pick} only)")
+
+
+# -- dropout -------------------------------------------------------------------------------
+
+
+def test_dropout_eval_is_deterministic_and_equals_no_dropout():
+    torch.manual_seed(0)
+    m = gru_native.GRU(4, 5, 3, dropout=0.5).eval()
+    plain = gru_native.GRU(4, 5, 3).eval()
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(6, 2, 4)
+    a, b = m(x), m(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0], plain(x)[0])
+
+
+def test_dropout_training_reproducible_with_seed_and_fresh_each_call():
+    torch.manual_seed(0)
+    m = gru_native.GRU(4, 5, 3, dropout=0.5).train()
+    x = torch.randn(6, 2, 4)
+    torch.manual_seed(7)
+    a = m(x)
+    torch.manual_seed(7)
+    b = m(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = m(x)  # a new mask
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], m.eval()(x)[0])
+
+
+def test_dropout_zero_in_training_equals_eval():
+    torch.manual_seed(0)
+    m = gru_native.GRU(4, 5, 3, dropout=0.0)
+    x = torch.randn(6, 2, 4)
+    a = m.train()(x)
+    b = m.eval()(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_dropout_single_layer_has_no_effect():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        m = gru_native.GRU(4, 5, 1, dropout=0.9)
+    x = torch.randn(6, 2, 4)
+    assert torch.equal(m.train()(x)[0], m.eval()(x)[0])
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0], ids=["p0.3", "p1"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+def test_dropout_training_matches_nn_gru_under_the_same_seed(p, bidirectional, batch_first):
+    # gru_native draws its masks from torch's generator exactly as ATen's CPU path does, so the
+    # same seed gives nn.GRU's masks: outputs and gradients agree.
+    torch.manual_seed(0)
+    ref = nn.GRU(4, 5, 3, dropout=p, bidirectional=bidirectional, batch_first=batch_first,
+                 dtype=torch.float64).train()
+    ours = gru_native.GRU(4, 5, 3, dropout=p, bidirectional=bidirectional,
+                          batch_first=batch_first, dtype=torch.float64).train()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 2, 4, dtype=torch.float64)
+    results = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1234)
+        out, h = m(xi)
+        grads = torch.autograd.grad(out.pow(2).sum() + h.sum(), [xi] + list(m.parameters()))
+        results.append((out, h, grads))
+    (out_r, h_r, g_r), (out_o, h_o, g_o) = results
+    assert_close(out_o, out_r, "output")
+    assert_close(h_o, h_r, "h_n")
+    for a, b in zip(g_o, g_r):
+        assert_close(a, b, "grad")
+
+
+def test_dropout_mask_distribution():
+    torch.manual_seed(0)
+    mask = ops._dropout_mask(0.25, 3, 1000, 40, torch.empty(0, dtype=torch.float64))
+    assert mask.shape == (2, 1000, 40)
+    values = set(mask.unique().tolist())
+    assert values == {0.0, 1 / 0.75}
+    kept = (mask != 0).double().mean().item()
+    assert abs(kept - 0.75) < 0.01
+
+
+# -- determinism ---------------------------------------------------------------------------
+
+
+def test_bitwise_deterministic_forward_and_backward():
+    torch.manual_seed(0)
+    m = gru_native.GRU(16, 32, 2, bidirectional=True)
+    x = torch.randn(20, 8, 16)
+    runs = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_()
+        out, h = m(xi)
+        grads = torch.autograd.grad(out.sum() + h.pow(2).sum(), [xi] + list(m.parameters()))
+        runs.append([out, h, *grads])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
