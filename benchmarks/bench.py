@@ -1,32 +1,40 @@
 """gru_native beside torch.nn.GRU (and other peers), in one process.
 
 For every shape and mode, the implementations run interleaved (one call of each per round) after
-a warm-up, with the same weights and inputs; the table shows medians and speedup = peer's median /
-gru_native's median.
+a warm-up, with the same weights and inputs; the table shows each one's median and the ratio
+peer median / gru_native median ("x faster" when > 1).
 
-    python benchmarks/bench.py                        # canonical CPU shapes
+    python benchmarks/bench.py                        # canonical dense shapes and packed cases
     python benchmarks/bench.py --shapes seed,small --modes inference
     python benchmarks/bench.py --json results.json    # also write the numbers
 
-Shapes are (T, N, C, H, layers, direction).
+Dense shapes are (T, N, C, H, layers, direction). Packed cases feed the same PackedSequence to
+every implementation; gru_native also runs two dense references there: the padded batch
+(T_max x N rows) and a dense batch with the same number of rows as the packed data
+(N x ceil(sum(lengths) / N)).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gru_native
+
+REFERENCE = "nn.GRU"
+OURS = "gru_native"
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,17 @@ class Shape:
     H: int
     layers: int
     bidirectional: bool
+    lengths: Optional[Sequence[int]] = None  # packed input when given (len N, max T)
 
     def describe(self) -> str:
-        return (f"{self.T},{self.N},{self.C},{self.H},{self.layers},"
+        base = (f"{self.T},{self.N},{self.C},{self.H},{self.layers},"
                 f"{'bi' if self.bidirectional else 'uni'}")
+        return base + (f" sum(len)={sum(self.lengths)}" if self.lengths else "")
+
+
+def _uniform_lengths(n: int, low: int, high: int, seed: int) -> List[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high + 1, (n,), generator=gen).tolist()
 
 
 CANONICAL = [
@@ -52,6 +67,13 @@ CANONICAL = [
     Shape("large", 50, 64, 512, 1024, 1, False),
     Shape("latency-B1", 200, 1, 256, 256, 1, False),
 ]
+_UNIFORM = _uniform_lengths(32, 10, 100, seed=0)
+_UNIFORM[0] = 100  # T_max is 100
+PACKED = [
+    Shape("packed-uniform", 100, 32, 256, 256, 1, False, tuple(_UNIFORM)),
+    Shape("packed-skewed", 100, 32, 256, 256, 1, False, tuple([100] + [5] * 31)),
+]
+ALL_SHAPES = CANONICAL + PACKED
 MODES = ("inference", "training")
 
 
@@ -68,6 +90,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _runner(module: nn.Module, x, mode: str) -> Callable[[], None]:
+    """A callable running one inference (no_grad forward) or training (forward + backward) step."""
+    if mode == "inference":
+        def run():
+            with torch.no_grad():
+                module(x)
+        return run
+
+    if isinstance(x, torch.Tensor):
+        x = x.detach().clone().requires_grad_()
+        data = x
+    else:  # PackedSequence: gradients flow to its data
+        data = x.data.detach().clone().requires_grad_()
+        x = type(x)(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+
+    def run():
+        out, h = module(x)
+        out = out if isinstance(out, torch.Tensor) else out.data
+        (out.sum() + h.sum()).backward()
+    return run
+
+
 def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case:
     torch.manual_seed(0)
     ref = nn.GRU(shape.C, shape.H, shape.layers, bidirectional=shape.bidirectional,
@@ -77,18 +121,17 @@ def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(shape.T, shape.N, shape.C, device=device, dtype=dtype)
     case = Case(shape, mode)
-    for name, m in (("nn.GRU", ref), ("gru_native", ours)):
-        if mode == "inference":
-            def fn(m=m):
-                with torch.no_grad():
-                    m(x)
-        else:
-            xg = x.clone().requires_grad_()
-
-            def fn(m=m, xg=xg):
-                out, h = m(xg)
-                (out.sum() + h.sum()).backward()
-        case.fns[name] = fn
+    if shape.lengths is None:
+        case.fns[REFERENCE] = _runner(ref, x, mode)
+        case.fns[OURS] = _runner(ours, x, mode)
+        return case
+    packed = pack_padded_sequence(x, list(shape.lengths), enforce_sorted=False)
+    case.fns[REFERENCE] = _runner(ref, packed, mode)
+    case.fns[OURS] = _runner(ours, packed, mode)
+    case.fns[f"{OURS} dense padded"] = _runner(ours, x, mode)
+    rows_T = math.ceil(sum(shape.lengths) / shape.N)
+    same_rows = torch.randn(rows_T, shape.N, shape.C, device=device, dtype=dtype)
+    case.fns[f"{OURS} dense same rows"] = _runner(ours, same_rows, mode)
     return case
 
 
@@ -97,8 +140,8 @@ def measure(case: Case, device: str, budget_s: float, min_rounds: int,
     """Interleaved medians. Rounds: as many as fit the time budget, within [min, max]."""
     names = list(case.fns)
     first = {}
-    for name in names:  # warm-up (first call allocates, fills caches)
-        for i in range(2):
+    for name in names:  # warm-up (first calls allocate, fill caches)
+        for _ in range(2):
             _sync(device)
             start = time.perf_counter()
             case.fns[name]()
@@ -114,8 +157,8 @@ def measure(case: Case, device: str, budget_s: float, min_rounds: int,
             case.fns[name]()
             _sync(device)
             samples[name].append(time.perf_counter() - start)
-    return {n: {"median_s": statistics.median(s), "rounds": len(s),
-                "min_s": min(s)} for n, s in samples.items()}
+    return {n: {"median_s": statistics.median(s), "min_s": min(s), "rounds": len(s)}
+            for n, s in samples.items()}
 
 
 def machine_description(device: str) -> str:
@@ -133,11 +176,16 @@ def machine_description(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
 
 
+def _fmt_time(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f}ms" if ms < 10 else (f"{ms:.2f}ms" if ms < 100 else f"{ms:.1f}ms")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default=",".join(s.name for s in CANONICAL),
-                        help="comma-separated shape names (default: all canonical)")
+    parser.add_argument("--shapes", default=",".join(s.name for s in ALL_SHAPES),
+                        help="comma-separated shape names (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="inference,training")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -149,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
-    by_name = {s.name: s for s in CANONICAL}
+    by_name = {s.name: s for s in ALL_SHAPES}
     unknown = [n for n in args.shapes.split(",") if n not in by_name]
     if unknown:
         parser.error(f"unknown shapes {unknown}; known: {list(by_name)}")
@@ -163,23 +211,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"# gru_native {gru_native.__version__} vs torch.nn.GRU (torch {torch.__version__}), "
           f"{args.device}, {args.dtype}; {machine}")
     print(f"# {time.strftime('%Y-%m-%d')}; command: python {' '.join(sys.argv)}")
-    header = f"{'shape':<14} {'(T,N,C,H,L,dir)':<22} {'mode':<10} {'nn.GRU':>11} " \
-             f"{'gru_native':>11} {'speedup':>8} {'rounds':>7}"
-    print(header)
-    print("-" * len(header))
+    print("# each cell: median time (peer median / gru_native median)")
     rows = []
     for shape in shapes:
         for mode in modes:
             case = build_case(shape, mode, args.device, dtype)
             result = measure(case, args.device, args.budget, args.min_rounds, args.max_rounds)
-            ref_t = result["nn.GRU"]["median_s"]
-            our_t = result["gru_native"]["median_s"]
-            speedup = ref_t / our_t
-            print(f"{shape.name:<14} {shape.describe():<22} {mode:<10} {ref_t * 1e3:>9.3f}ms "
-                  f"{our_t * 1e3:>9.3f}ms {speedup:>7.2f}x {result['gru_native']['rounds']:>7}",
-                  flush=True)
+            ours = result[OURS]["median_s"]
+            cells = []
+            for name, r in result.items():
+                ratio = "" if name == OURS else f" ({r['median_s'] / ours:.2f}x)"
+                cells.append(f"{name} {_fmt_time(r['median_s'])}{ratio}")
+            print(f"{shape.name:<15} {shape.describe():<24} {mode:<9} | " + " | ".join(cells)
+                  + f" | rounds {result[OURS]['rounds']}", flush=True)
             rows.append({"shape": shape.name, "dims": shape.describe(), "mode": mode,
-                         "results": result, "speedup_vs_nn_gru": speedup})
+                         "lengths": list(shape.lengths) if shape.lengths else None,
+                         "results": result,
+                         "speedup_vs_nn_gru": result[REFERENCE]["median_s"] / ours})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine,

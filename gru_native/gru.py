@@ -119,9 +119,20 @@ class GRU(nn.RNNBase):
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
         if isinstance(orig_input, PackedSequence):
-            raise NotImplementedError(
-                "gru_native.GRU does not take PackedSequence input yet"
-            )
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = batch_sizes[0]
+            if hx is None:
+                hx = torch.zeros(
+                    self.num_layers * num_directions,
+                    max_batch_size,
+                    self.hidden_size,
+                    dtype=input.dtype,
+                    device=input.device,
+                )
+            else:
+                # Each batch of the hidden state should match the input sequence that
+                # the user believes he/she is passing in.
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -166,6 +177,11 @@ class GRU(nn.RNNBase):
             self.batch_first,
             batch_sizes,
         )
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(
+                output, batch_sizes, sorted_indices, unsorted_indices
+            )
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
         if not is_batched:
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)

@@ -22,7 +22,7 @@ def assert_same_error(make_call):
     """make_call(cls) -> a zero-argument callable using cls (nn.GRU or gru_native.GRU)."""
     ref_type, ref_msg = _outcome(make_call(nn.GRU))
     our_type, our_msg = _outcome(make_call(gru_native.GRU))
-    assert ref_type is not "ok", "nn.GRU did not raise: the case is not a bad input"
+    assert ref_type != "ok", "nn.GRU did not raise: the case is not a bad input"
     assert our_type is ref_type, f"{our_type} != {ref_type}: {our_msg!r} vs {ref_msg!r}"
     assert our_msg == ref_msg
 
