@@ -18,6 +18,7 @@ Environment switches:
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -64,7 +65,10 @@ def get_extensions():
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
     arch = [] if portable else ["-march=native"]
-    cxx = opt + arch + ["-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    # OpenMP: the CPU kernels run each layer in one parallel region. At run time this binds to
+    # the libgomp torch has already loaded (same soname), so there is one thread pool.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx = opt + arch + openmp + ["-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define_macros = [("GRU_NATIVE_PORTABLE", "1" if portable else "0")]
@@ -93,6 +97,7 @@ def get_extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args=extra,
+            extra_link_args=openmp,
         )
     ]
 

@@ -19,12 +19,12 @@ TORCH_LIBRARY(gru_native, m) {
   // The whole stack (all layers, both directions, dropout between layers) in one call.
   // Dense input [T, N, C] or packed data [R, C] with batch_sizes. See csrc/gru_stack.h.
   m.def(
-      "gru_forward(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, "
+      "gru_forward(Tensor input, Tensor? hx, Tensor[] weights, Tensor? batch_sizes, "
       "Tensor? dropout_mask, bool has_biases, int num_layers, bool bidirectional, "
       "bool need_workspace) -> (Tensor output, Tensor hy, Tensor workspace, "
       "Tensor layer_outputs)");
   m.def(
-      "gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor hx, "
+      "gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor? hx, "
       "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_mask, Tensor output, "
       "Tensor workspace, Tensor layer_outputs, bool has_biases, int num_layers, "
       "bool bidirectional, bool need_input_grad, bool need_weight_grad) -> "

@@ -6,6 +6,13 @@
 
 namespace gru_native {
 
+// A matrix view: element (i, j) at p[i * rs + j * cs] (any transposition).
+template <typename T>
+struct MatRef {
+  const T* p;
+  int64_t rs, cs;
+};
+
 // The step schedule of one sequence batch: N_t rows live at step t, stored at rows
 // [offsets[t], offsets[t] + batch_sizes[t]) of every [R, ...] buffer. Host memory.
 struct StepSchedule {
@@ -26,7 +33,8 @@ struct LayerForwardParams {
   const scalar_t* gi[2] = {nullptr, nullptr};    // [R, 3H]  x W_ih^T + b_ih
   const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
-  scalar_t* h[2] = {nullptr, nullptr};           // [N, H]  h0 on entry, h_n on exit
+  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H]
+  scalar_t* hy[2] = {nullptr, nullptr};          // [N, H]  out: h_n (not aliasing h0)
   scalar_t* ws[2] = {nullptr, nullptr};          // [R, 4H] [r|z|n|hn], nullptr: do not save
   scalar_t* out = nullptr;                       // [R, D*H], direction d owns columns d*H..
 };

@@ -1,12 +1,10 @@
-// gru_stack.cpp: the layer loop shared by every device. See gru_stack.h.
+// gru_stack.cpp: argument checks and the step schedule, shared by every device. See gru_stack.h.
 #include "gru_stack.h"
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <string>
-
-#include "gru_cell.h"
 
 namespace gru_native {
 namespace {
@@ -20,34 +18,33 @@ std::string param_name(int64_t index, int64_t per_dir, int64_t D) {
          (layer_dir % D ? "_reverse" : "");
 }
 
-// Everything the forward and backward derive from the arguments, validated once.
-struct Geometry {
-  int64_t L = 0, D = 1, H = 0, C = 0, P = 0;
-  bool packed = false;
-  std::vector<int64_t> batch_sizes, offsets;
-  StepSchedule steps;
-
-  const at::Tensor& w(at::TensorList weights, int64_t layer, int64_t dir, int64_t kind) const {
-    return weights[(layer * D + dir) * P + kind];
-  }
-};
-
-void check_same(const at::Tensor& input, const at::Tensor& t, const std::string& name) {
+void check_same(const at::Tensor& input, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == input.device(), "gru_native: ", name, " is on ", t.device(),
               " but input is on ", input.device());
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), "gru_native: ", name, " has dtype ",
               t.scalar_type(), " but input has dtype ", input.scalar_type());
 }
 
-Geometry make_geometry(const Backend& backend, const at::Tensor& input, const at::Tensor& hx,
+// The same for weights[i]; its name is only built when a check fails.
+void check_same(const at::Tensor& input, const at::Tensor& t, int64_t i, const Geometry& g) {
+  TORCH_CHECK(t.device() == input.device(), "gru_native: ", param_name(i, g.P, g.D), " is on ",
+              t.device(), " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), "gru_native: ", param_name(i, g.P, g.D),
+              " has dtype ", t.scalar_type(), " but input has dtype ", input.scalar_type());
+}
+
+}  // namespace
+
+Geometry make_geometry(const char* backend_name, const char* backend_dtypes, bool dtype_supported,
+                       const at::Tensor& input, const std::optional<at::Tensor>& hx,
                        at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
                        const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                        int64_t num_layers, bool bidirectional) {
   Geometry g;
-  TORCH_CHECK(backend.supports(input.scalar_type()), "gru_native: the ", backend.name,
+  TORCH_CHECK(dtype_supported, "gru_native: the ", backend_name,
               " kernels do not support dtype torch.",
               std::string(c10::getDtypeNames(input.scalar_type()).first),
-              " (supported: ", backend.dtypes, ")");
+              " (supported: ", backend_dtypes, ")");
   TORCH_CHECK(num_layers >= 1, "gru_native: num_layers must be at least 1, got ", num_layers);
   g.L = num_layers;
   g.D = bidirectional ? 2 : 1;
@@ -106,29 +103,25 @@ Geometry make_geometry(const Backend& backend, const at::Tensor& input, const at
   g.H = w_hh0.size(1);
   const int64_t G = kGates * g.H;
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
-    const std::string name = param_name(i, g.P, g.D);
     const at::Tensor& w = weights[i];
-    TORCH_CHECK(w.defined(), "gru_native: ", name, " is undefined");
-    check_same(input, w, name);
+    TORCH_CHECK(w.defined(), "gru_native: ", param_name(i, g.P, g.D), " is undefined");
+    check_same(input, w, i, g);
     const int64_t kind = i % g.P;
-    const int64_t layer = i / g.P / g.D;
-    std::vector<int64_t> expected;
-    if (kind == 0) {
-      expected = {G, layer == 0 ? g.C : g.D * g.H};
-    } else if (kind == 1) {
-      expected = {G, g.H};
-    } else {
-      expected = {G};
-    }
-    TORCH_CHECK(w.sizes() == at::IntArrayRef(expected), "gru_native: ", name,
-                " must have shape ", at::IntArrayRef(expected), ", got ", w.sizes());
+    const int64_t cols = kind == 1 ? g.H : g.layer_input_size(i / g.P / g.D);
+    const bool ok = kind < 2 ? (w.dim() == 2 && w.size(0) == G && w.size(1) == cols)
+                             : (w.dim() == 1 && w.size(0) == G);
+    TORCH_CHECK(ok, "gru_native: ", param_name(i, g.P, g.D), " must have shape ",
+                kind < 2 ? std::vector<int64_t>{G, cols} : std::vector<int64_t>{G}, ", got ",
+                w.sizes());
   }
 
-  check_same(input, hx, "hx");
-  TORCH_CHECK(hx.dim() == 3 && hx.size(0) == g.L * g.D && hx.size(1) == g.steps.N &&
-                  hx.size(2) == g.H,
-              "gru_native: hx must have shape [", g.L * g.D, ", ", g.steps.N, ", ", g.H, "], got ",
-              hx.sizes());
+  if (hx.has_value()) {
+    check_same(input, *hx, "hx");
+    TORCH_CHECK(hx->dim() == 3 && hx->size(0) == g.L * g.D && hx->size(1) == g.steps.N &&
+                    hx->size(2) == g.H,
+                "gru_native: hx must have shape [", g.L * g.D, ", ", g.steps.N, ", ", g.H,
+                "], got ", hx->sizes());
+  }
   if (dropout_mask.has_value()) {
     const at::Tensor& m = *dropout_mask;
     check_same(input, m, "dropout_mask");
@@ -140,82 +133,9 @@ Geometry make_geometry(const Backend& backend, const at::Tensor& input, const at
   return g;
 }
 
-at::Tensor input_2d(const at::Tensor& input, const Geometry& g) {
-  return input.reshape({g.steps.R, g.C});
-}
-
-// The input of layer l >= 1: the lower layer's output, times the dropout mask in training.
-at::Tensor next_layer_input(const at::Tensor& lower_output,
-                            const std::optional<at::Tensor>& dropout_mask, int64_t lower_layer) {
-  if (!dropout_mask.has_value()) return lower_output;
-  return lower_output * dropout_mask->select(0, lower_layer);
-}
-
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const Backend& backend, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-  const Geometry g = make_geometry(backend, input, hx, weights, batch_sizes, dropout_mask,
-                                   has_biases, num_layers, bidirectional);
-  const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L;
-  const auto opts = input.options();
-
-  at::Tensor output = g.packed ? at::empty({R, D * H}, opts)
-                               : at::empty({g.steps.T, N, D * H}, opts);
-  at::Tensor hy = at::empty({L * D, N, H}, opts);
-  hy.copy_(hx);
-  at::Tensor workspace = need_workspace ? at::empty({L, D, R, kWorkspaceGates * H}, opts)
-                                        : at::empty({0}, opts);
-  at::Tensor layer_outputs = (need_workspace && L > 1) ? at::empty({L - 1, R, D * H}, opts)
-                                                       : at::empty({0}, opts);
-  at::Tensor gi = at::empty({D, R, kGates * H}, opts);
-  // Inference: two buffers for the lower layers' outputs, used in turn.
-  at::Tensor scratch_out[2];
-
-  at::Tensor x = input_2d(input, g);
-  for (int64_t l = 0; l < L; ++l) {
-    ForwardLayerTensors layer;
-    for (int64_t d = 0; d < D; ++d) {
-      const at::Tensor& w_ih = g.w(weights, l, d, 0);
-      layer.gi[d] = gi.select(0, d);
-      if (has_biases) {
-        at::addmm_out(layer.gi[d], g.w(weights, l, d, 2), x, w_ih.t());
-        layer.b_hh[d] = g.w(weights, l, d, 3).contiguous();
-      } else {
-        at::mm_out(layer.gi[d], x, w_ih.t());
-      }
-      layer.w_hh[d] = g.w(weights, l, d, 1).contiguous();
-      layer.h[d] = hy.select(0, l * D + d);
-      if (need_workspace) layer.ws[d] = workspace.select(0, l).select(0, d);
-    }
-    if (l == L - 1) {
-      layer.out = output.view({R, D * H});
-    } else if (need_workspace) {
-      layer.out = layer_outputs.select(0, l);
-    } else {
-      at::Tensor& buf = scratch_out[l % 2];
-      if (!buf.defined()) buf = at::empty({R, D * H}, opts);
-      layer.out = buf;
-    }
-    backend.forward_layer(g.steps, H, static_cast<int>(D), layer);
-    if (l < L - 1) x = next_layer_input(layer.out, dropout_mask, l);
-  }
-  return {output, hy, workspace, layer_outputs};
-}
-
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward(
-    const Backend& backend, const std::optional<at::Tensor>& grad_output,
-    const std::optional<at::Tensor>& grad_hy, const at::Tensor& input, const at::Tensor& hx,
-    at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
-    const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad) {
-  const Geometry g = make_geometry(backend, input, hx, weights, batch_sizes, dropout_mask,
-                                   has_biases, num_layers, bidirectional);
-  const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L;
-  const auto opts = input.options();
+void check_backward_args(const Geometry& g, const at::Tensor& input, const at::Tensor& output,
+                         const at::Tensor& workspace, const at::Tensor& layer_outputs) {
+  const int64_t R = g.steps.R, H = g.H, D = g.D, L = g.L;
   TORCH_CHECK(workspace.dim() == 4 && workspace.size(0) == L && workspace.size(1) == D &&
                   workspace.size(2) == R && workspace.size(3) == kWorkspaceGates * H,
               "gru_native: the workspace has shape ", workspace.sizes(), ", expected [", L, ", ",
@@ -230,75 +150,6 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward(
   TORCH_CHECK(output.numel() == R * D * H, "gru_native: output has shape ", output.sizes(),
               ", expected ", R * D * H, " elements");
   if (L > 1) check_same(input, layer_outputs, "layer_outputs");
-
-  at::Tensor dout = (grad_output.has_value() && grad_output->defined())
-                        ? grad_output->reshape({R, D * H}).contiguous()
-                        : at::zeros({R, D * H}, opts);
-  at::Tensor grad_hx = at::empty({L * D, N, H}, opts);
-  if (grad_hy.has_value() && grad_hy->defined()) {
-    grad_hx.copy_(*grad_hy);
-  } else {
-    grad_hx.zero_();
-  }
-  const at::Tensor hx_c = hx.contiguous();
-  const at::Tensor output_2d = output.reshape({R, D * H}).contiguous();
-  const at::Tensor ws_c = workspace.contiguous();
-  const at::Tensor lower_outputs = layer_outputs.contiguous();
-  at::Tensor dgi = at::empty({D, R, kGates * H}, opts);
-  at::Tensor dgh = at::empty({D, R, kGates * H}, opts);
-  at::Tensor hp = at::empty({D, R, H}, opts);
-  std::vector<at::Tensor> grad_weights(need_weight_grad ? weights.size() : 0);
-  at::Tensor grad_input = at::empty({0}, opts);
-
-  for (int64_t l = L - 1; l >= 0; --l) {
-    BackwardLayerTensors layer;
-    layer.out = (l == L - 1) ? output_2d : lower_outputs.select(0, l);
-    layer.dout = dout;
-    for (int64_t d = 0; d < D; ++d) {
-      layer.w_hh[d] = g.w(weights, l, d, 1).contiguous();
-      layer.h0[d] = hx_c.select(0, l * D + d);
-      layer.ws[d] = ws_c.select(0, l).select(0, d);
-      layer.dh[d] = grad_hx.select(0, l * D + d);
-      layer.dgi[d] = dgi.select(0, d);
-      layer.dgh[d] = dgh.select(0, d);
-      layer.hp[d] = hp.select(0, d);
-    }
-    backend.backward_layer(g.steps, H, static_cast<int>(D), layer);
-
-    const bool need_dx = l > 0 || need_input_grad;
-    if (!need_weight_grad && !need_dx) continue;
-    const at::Tensor x = (l == 0) ? input_2d(input, g)
-                                  : next_layer_input(lower_outputs.select(0, l - 1),
-                                                     dropout_mask, l - 1);
-    at::Tensor dx;
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t base = (l * D + d) * g.P;
-      if (need_weight_grad) {
-        grad_weights[base + 0] = at::mm(layer.dgi[d].t(), x);
-        grad_weights[base + 1] = at::mm(layer.dgh[d].t(), layer.hp[d]);
-        if (has_biases) {
-          grad_weights[base + 2] = at::empty({kGates * H}, opts);
-          grad_weights[base + 3] = at::empty({kGates * H}, opts);
-          backend.column_sum(layer.dgi[d], grad_weights[base + 2]);
-          backend.column_sum(layer.dgh[d], grad_weights[base + 3]);
-        }
-      }
-      if (need_dx) {
-        const at::Tensor& w_ih = g.w(weights, l, d, 0);
-        if (d == 0) {
-          dx = at::mm(layer.dgi[d], w_ih);
-        } else {
-          dx.addmm_(layer.dgi[d], w_ih);
-        }
-      }
-    }
-    if (l > 0) {
-      dout = dropout_mask.has_value() ? dx * dropout_mask->select(0, l - 1) : dx;
-    } else if (need_input_grad) {
-      grad_input = dx.view(input.sizes());
-    }
-  }
-  return {grad_input, grad_hx, grad_weights};
 }
 
 }  // namespace gru_native

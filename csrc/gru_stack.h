@@ -1,77 +1,267 @@
 // gru_stack.h: the device-independent part of the fused ops. One forward op runs every layer and
 // direction of the stack (input GEMMs, the recurrence kernels, dropout between layers); one
 // backward op runs them in reverse (recurrence kernels, then one GEMM each for dW_ih, dW_hh and
-// d(input), bias gradients as deterministic column sums). Each device supplies a Backend with its
-// recurrence kernels. Shape legend: gru_cell.h.
+// d(input), bias gradients as deterministic column sums). Shape legend: gru_cell.h.
+//
+// The driver is a template over a Backend, which supplies, as static members:
+//   kName, kDtypes                       for error messages
+//   supports(at::ScalarType)             the dtypes its kernels take
+//   dispatch(at::ScalarType, f)          calls f(static_cast<T*>(nullptr)) for the element type
+//   forward_layer<T>(LayerForwardParams<T>)
+//   backward_layer<T>(LayerBackwardParams<T>)
+//   gemm<T>(M, N, K, A, B, beta, C, ldc, bias)   C = A B + beta C (+ bias on every row)
+//   column_sum<T>(rows, cols, src, ld, dst)      in a fixed order (bitwise reproducible)
+// and does all its work on the current device and stream of the tensors it is given.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "gru_cell.h"
 #include "gru_params.h"
 
 namespace gru_native {
 
-struct ForwardLayerTensors {
-  at::Tensor gi[2];    // [R, 3H]
-  at::Tensor w_hh[2];  // [3H, H]
-  at::Tensor b_hh[2];  // [3H] or undefined
-  at::Tensor h[2];     // [N, H] h0 in, h_n out
-  at::Tensor ws[2];    // [R, 4H] or undefined
-  at::Tensor out;      // [R, D*H]
+// Everything the ops derive from their arguments, validated once (gru_stack.cpp).
+struct Geometry {
+  int64_t L = 0, D = 1, H = 0, C = 0, P = 0;
+  bool packed = false;
+  std::vector<int64_t> batch_sizes, offsets;
+  StepSchedule steps;
+
+  int64_t index(int64_t layer, int64_t dir, int64_t kind) const {
+    return (layer * D + dir) * P + kind;
+  }
+  int64_t layer_input_size(int64_t layer) const { return layer == 0 ? C : D * H; }
 };
 
-struct BackwardLayerTensors {
-  at::Tensor w_hh[2];  // [3H, H]
-  at::Tensor h0[2];    // [N, H]
-  at::Tensor ws[2];    // [R, 4H]
-  at::Tensor out;      // [R, D*H]
-  at::Tensor dout;     // [R, D*H]
-  at::Tensor dh[2];    // [N, H] dh_n in, dh0 out
-  at::Tensor dgi[2];   // [R, 3H] out
-  at::Tensor dgh[2];   // [R, 3H] out
-  at::Tensor hp[2];    // [R, H] out
+// Checks every argument of both ops (names in the messages are the op's argument names and
+// nn.GRU's parameter names) and builds the step schedule.
+Geometry make_geometry(const char* backend_name, const char* backend_dtypes, bool dtype_supported,
+                       const at::Tensor& input, const std::optional<at::Tensor>& hx,
+                       at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+                       const std::optional<at::Tensor>& dropout_mask, bool has_biases,
+                       int64_t num_layers, bool bidirectional);
+
+void check_backward_args(const Geometry& g, const at::Tensor& input, const at::Tensor& output,
+                         const at::Tensor& workspace, const at::Tensor& layer_outputs);
+
+template <typename T>
+inline T* ptr(const at::Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+template <typename Backend>
+struct Stack {
+  // gru_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
+  //             bidirectional, need_workspace) -> (output, h_n, workspace, layer_outputs)
+  //   input         [T, N, C] (dense) or [R, C] with batch_sizes [T] (packed, int64, CPU)
+  //   hx            [L*D, N, H], or None for zeros
+  //   weights       nn.GRU's _flat_weights: per (layer, direction) w_ih, w_hh[, b_ih, b_hh]
+  //   dropout_mask  [L-1, R, D*H] scaled keep-mask (0 or 1/(1-p)) applied to each lower layer's
+  //                 output before it feeds the next layer, or None
+  //   output        [T, N, D*H] or [R, D*H];  h_n [L*D, N, H]
+  //   workspace     [L, D, R, 4H] if need_workspace else [0]
+  //   layer_outputs [L-1, R, D*H] the lower layers' outputs before dropout if need_workspace and
+  //                 L > 1, else [0]
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+      const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
+      const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
+      bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
+    const Geometry g = make_geometry(Backend::kName, Backend::kDtypes,
+                                     Backend::supports(input.scalar_type()), input, hx, weights,
+                                     batch_sizes, dropout_mask, has_biases, num_layers,
+                                     bidirectional);
+    const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L;
+    const auto opts = input.options();
+    at::Tensor output = g.packed ? at::empty({R, D * H}, opts)
+                                 : at::empty({g.steps.T, N, D * H}, opts);
+    at::Tensor hy = at::empty({L * D, N, H}, opts);
+    at::Tensor workspace = need_workspace ? at::empty({L, D, R, kWorkspaceGates * H}, opts)
+                                          : at::empty({0}, opts);
+    at::Tensor layer_outputs = (need_workspace && L > 1) ? at::empty({L - 1, R, D * H}, opts)
+                                                         : at::empty({0}, opts);
+    // Scratch: the input projections of both directions, and for inference the lower layers'
+    // outputs (two buffers in turn); with dropout, the masked input of the next layer.
+    const int64_t n_lower = (!need_workspace && L > 1) ? std::min<int64_t>(L - 1, 2) : 0;
+    const bool masked = dropout_mask.has_value();
+    at::Tensor scratch = at::empty(
+        {D * R * kGates * H + (n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
+    const at::Tensor x0 = input.contiguous();
+    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::zeros({L * D, N, H}, opts);
+    std::vector<at::Tensor> w(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) w[i] = weights[i].contiguous();
+    const at::Tensor mask = masked ? dropout_mask->contiguous() : at::Tensor();
+
+    Backend::dispatch(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      T* gi = ptr<T>(scratch);
+      T* lower = gi + D * R * kGates * H;
+      T* xdrop = lower + n_lower * R * D * H;
+      const T* x = ptr<T>(x0);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t Cl = g.layer_input_size(l);
+        LayerForwardParams<T> p;
+        p.steps = g.steps;
+        p.H = H;
+        p.D = static_cast<int>(D);
+        for (int64_t d = 0; d < D; ++d) {
+          T* gi_d = gi + d * R * kGates * H;
+          // gi = x W_ih^T (+ b_ih): A = x [R, Cl], B(k=c, n=g) = W_ih[g, c].
+          Backend::template gemm<T>(R, kGates * H, Cl, MatRef<T>{x, Cl, 1},
+                                    MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), 1, Cl}, T(0), gi_d,
+                                    kGates * H,
+                                    has_biases ? ptr<T>(w[g.index(l, d, 2)]) : nullptr);
+          p.gi[d] = gi_d;
+          p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
+          p.b_hh[d] = has_biases ? ptr<T>(w[g.index(l, d, 3)]) : nullptr;
+          p.h0[d] = ptr<T>(h0) + (l * D + d) * N * H;
+          p.hy[d] = ptr<T>(hy) + (l * D + d) * N * H;
+          p.ws[d] = need_workspace ? ptr<T>(workspace) + ((l * D + d) * R) * kWorkspaceGates * H
+                                   : nullptr;
+        }
+        if (l == L - 1) {
+          p.out = ptr<T>(output);
+        } else if (need_workspace) {
+          p.out = ptr<T>(layer_outputs) + l * R * D * H;
+        } else {
+          p.out = lower + (l % 2) * R * D * H;
+        }
+        Backend::template forward_layer<T>(p);
+        if (l < L - 1) {
+          x = p.out;
+          if (masked) {
+            Backend::template multiply<T>(R * D * H, p.out, ptr<T>(mask) + l * R * D * H, xdrop);
+            x = xdrop;
+          }
+        }
+      }
+    });
+    return {output, hy, workspace, layer_outputs};
+  }
+
+  // gru_backward(...) -> (grad_input, grad_hx, grad_weights); grad_input is [0] unless
+  // need_input_grad, grad_weights is empty unless need_weight_grad. grad_output / grad_hy may
+  // be None (that output was not used).
+  static std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> backward(
+      const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
+      const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
+      const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
+      const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
+      bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
+      bool need_weight_grad) {
+    const Geometry g = make_geometry(Backend::kName, Backend::kDtypes,
+                                     Backend::supports(input.scalar_type()), input, hx, weights,
+                                     batch_sizes, dropout_mask, has_biases, num_layers,
+                                     bidirectional);
+    check_backward_args(g, input, output, workspace, layer_outputs);
+    const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L, G = kGates * H;
+    const auto opts = input.options();
+    const bool has_gout = grad_output.has_value() && grad_output->defined();
+    const at::Tensor dout_top = has_gout ? grad_output->contiguous() : at::zeros({R, D * H}, opts);
+    at::Tensor grad_hx = at::empty({L * D, N, H}, opts);
+    if (grad_hy.has_value() && grad_hy->defined()) {
+      grad_hx.copy_(*grad_hy);
+    } else {
+      grad_hx.zero_();
+    }
+    const at::Tensor x0 = input.contiguous();
+    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::zeros({L * D, N, H}, opts);
+    const at::Tensor out_c = output.contiguous();
+    const at::Tensor ws_c = workspace.contiguous();
+    const at::Tensor lower_c = layer_outputs.contiguous();
+    const bool masked = dropout_mask.has_value();
+    const at::Tensor mask = masked ? dropout_mask->contiguous() : at::Tensor();
+    std::vector<at::Tensor> w(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) w[i] = weights[i].contiguous();
+    std::vector<at::Tensor> grad_weights(need_weight_grad ? weights.size() : 0);
+    for (size_t i = 0; i < grad_weights.size(); ++i) grad_weights[i] = at::empty_like(w[i]);
+    at::Tensor grad_input =
+        need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
+    // Scratch: dG_i and dG_h of both directions, h_{t-1}, the gradient of the lower layer's
+    // output, and (with dropout) the recomputed masked input of the layer.
+    const int64_t lower_rows = L > 1 ? R * D * H : 0;
+    at::Tensor scratch = at::empty(
+        {2 * D * R * G + D * R * H + lower_rows + (masked ? lower_rows : 0)}, opts);
+
+    Backend::dispatch(input.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      T* dgi = ptr<T>(scratch);
+      T* dgh = dgi + D * R * G;
+      T* hp = dgh + D * R * G;
+      T* dlower = hp + D * R * H;
+      T* xdrop = dlower + lower_rows;
+      const T* dout = ptr<T>(dout_top);
+      for (int64_t l = L - 1; l >= 0; --l) {
+        const int64_t Cl = g.layer_input_size(l);
+        LayerBackwardParams<T> p;
+        p.steps = g.steps;
+        p.H = H;
+        p.D = static_cast<int>(D);
+        p.out = l == L - 1 ? ptr<T>(out_c) : ptr<T>(lower_c) + l * R * D * H;
+        p.dout = dout;
+        for (int64_t d = 0; d < D; ++d) {
+          p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
+          p.h0[d] = ptr<T>(h0) + (l * D + d) * N * H;
+          p.ws[d] = ptr<T>(ws_c) + ((l * D + d) * R) * kWorkspaceGates * H;
+          p.dh[d] = ptr<T>(grad_hx) + (l * D + d) * N * H;
+          p.dgi[d] = dgi + d * R * G;
+          p.dgh[d] = dgh + d * R * G;
+          p.hp[d] = hp + d * R * H;
+        }
+        Backend::template backward_layer<T>(p);
+
+        const bool need_dx = l > 0 || need_input_grad;
+        if (!need_weight_grad && !need_dx) continue;
+        // The layer's input: x, or the lower layer's output (times its dropout mask).
+        const T* x = ptr<T>(x0);
+        if (l > 0) {
+          x = ptr<T>(lower_c) + (l - 1) * R * D * H;
+          if (masked) {
+            Backend::template multiply<T>(R * D * H, x, ptr<T>(mask) + (l - 1) * R * D * H,
+                                          xdrop);
+            x = xdrop;
+          }
+        }
+        T* dx = l > 0 ? dlower : ptr<T>(grad_input);
+        for (int64_t d = 0; d < D; ++d) {
+          if (need_weight_grad) {
+            // dW_ih = dG_i^T x, dW_hh = dG_h^T h_{t-1}; A(m=g, k=r) = dG[r, g].
+            Backend::template gemm<T>(G, Cl, R, MatRef<T>{p.dgi[d], 1, G},
+                                      MatRef<T>{x, Cl, 1}, T(0),
+                                      ptr<T>(grad_weights[g.index(l, d, 0)]), Cl, nullptr);
+            Backend::template gemm<T>(G, H, R, MatRef<T>{p.dgh[d], 1, G},
+                                      MatRef<T>{p.hp[d], H, 1}, T(0),
+                                      ptr<T>(grad_weights[g.index(l, d, 1)]), H, nullptr);
+            if (has_biases) {
+              Backend::template column_sum<T>(R, G, p.dgi[d], G,
+                                              ptr<T>(grad_weights[g.index(l, d, 2)]));
+              Backend::template column_sum<T>(R, G, p.dgh[d], G,
+                                              ptr<T>(grad_weights[g.index(l, d, 3)]));
+            }
+          }
+          if (need_dx) {
+            // d(input) = sum over directions of dG_i W_ih.
+            Backend::template gemm<T>(R, Cl, G, MatRef<T>{p.dgi[d], G, 1},
+                                      MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), Cl, 1},
+                                      d == 0 ? T(0) : T(1), dx, Cl, nullptr);
+          }
+        }
+        if (l > 0) {
+          if (masked) {
+            Backend::template multiply<T>(R * D * H, dx, ptr<T>(mask) + (l - 1) * R * D * H,
+                                          dx);
+          }
+          dout = dx;
+        }
+      }
+    });
+    return {grad_input, grad_hx, grad_weights};
+  }
 };
-
-struct Backend {
-  const char* name;    // "CPU", "CUDA"
-  const char* dtypes;  // the supported dtypes, for error messages
-  // Dtypes the backend's kernels support; anything else is rejected with a message naming it.
-  bool (*supports)(at::ScalarType);
-  void (*forward_layer)(const StepSchedule&, int64_t H, int D, const ForwardLayerTensors&);
-  void (*backward_layer)(const StepSchedule&, int64_t H, int D, const BackwardLayerTensors&);
-  // dst[j] = sum_i src[i, j] for a [rows, cols] matrix, in an order that does not depend on
-  // threads or timing (bitwise-reproducible bias gradients).
-  void (*column_sum)(const at::Tensor& src, const at::Tensor& dst);
-};
-
-// gru_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
-//             bidirectional, need_workspace) -> (output, h_n, workspace, layer_outputs)
-//   input         [T, N, C] (dense) or [R, C] with batch_sizes [T] (packed, int64, CPU)
-//   hx            [L*D, N, H]
-//   weights       nn.GRU's _flat_weights: per (layer, direction) w_ih, w_hh[, b_ih, b_hh]
-//   dropout_mask  [L-1, R, D*H] scaled keep-mask (0 or 1/(1-p)) applied to each layer's output
-//                 before it feeds the next layer, or None
-//   output        [T, N, D*H] or [R, D*H];  h_n [L*D, N, H]
-//   workspace     [L, D, R, 4H] (need_workspace) else [0];
-//   layer_outputs [L-1, R, D*H] outputs of the lower layers before dropout (need_workspace and
-//                 L > 1) else [0]
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const Backend& backend, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace);
-
-// gru_backward(...) -> (grad_input, grad_hx, grad_weights); grad_input is [0] unless
-// need_input_grad, grad_weights is empty unless need_weight_grad.
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward(
-    const Backend& backend, const std::optional<at::Tensor>& grad_output,
-    const std::optional<at::Tensor>& grad_hy, const at::Tensor& input, const at::Tensor& hx,
-    at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
-    const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad);
 
 }  // namespace gru_native

@@ -154,17 +154,21 @@ class GRU(nn.RNNBase):
                     raise RuntimeError(
                         f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
                     )
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            if hx is None:
+
+        if hx is None and self.proj_size == 0:
+            # nn.GRU creates zeros here and checks their (always right) size; the op takes None
+            # for zeros, which saves a tensor on the fast path.
+            self.check_input(input, batch_sizes)
+        else:
+            if hx is None:  # only with the proj_size quirk, whose check then fails as nn.GRU's
                 hx = torch.zeros(
                     self.num_layers * num_directions,
-                    max_batch_size,
+                    input.size(0) if self.batch_first else input.size(1),
                     self.hidden_size,
                     dtype=input.dtype,
                     device=input.device,
                 )
-
-        self.check_forward_args(input, hx, batch_sizes)
+            self.check_forward_args(input, hx, batch_sizes)
         output, hidden = ops.gru(
             input,
             hx,

@@ -12,6 +12,7 @@ masks drawn from torch's generator exactly as ATen draws them, and the call to t
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -75,7 +76,7 @@ def _gru_forward_fake(
     need_workspace,
 ):
     D = 2 if bidirectional else 1
-    H = hx.size(2)
+    H = weights[1].size(1)
     if batch_sizes is None:
         torch._check(input.dim() == 3, lambda: "gru_native: dense input must be 3-D")
         T, N = input.size(0), input.size(1)
@@ -83,9 +84,11 @@ def _gru_forward_fake(
         output = input.new_empty((T, N, D * H))
     else:
         torch._check(input.dim() == 2, lambda: "gru_native: packed input must be 2-D")
+        torch._check(hx is not None, lambda: "gru_native: packed input needs hx")
         R = input.size(0)
+        N = hx.size(1)
         output = input.new_empty((R, D * H))
-    hy = input.new_empty((num_layers * D, hx.size(1), H))
+    hy = input.new_empty((num_layers * D, N, H))
     if need_workspace:
         workspace = input.new_empty((num_layers, D, R, 4 * H))
         layer_outputs = input.new_empty((num_layers - 1, R, D * H) if num_layers > 1 else (0,))
@@ -101,7 +104,9 @@ def _gru_backward_fake(
     layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
 ):
     grad_input = input.new_empty(input.shape) if need_input_grad else input.new_empty((0,))
-    grad_hx = hx.new_empty(hx.shape)
+    D = 2 if bidirectional else 1
+    N = input.size(1) if batch_sizes is None else hx.size(1)
+    grad_hx = input.new_empty((num_layers * D, N, weights[1].size(1)))
     grad_weights = [w.new_empty(w.shape) for w in weights] if need_weight_grad else []
     return grad_input, grad_hx, grad_weights
 
@@ -143,7 +148,7 @@ def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
     )
     return (
         grad_input if ctx.need_input_grad else None,
-        grad_hx,
+        grad_hx if hx is not None else None,
         list(grad_weights) if ctx.need_weight_grad else [None] * len(weights),
         None, None, None, None, None, None,
     )
@@ -158,22 +163,23 @@ torch.library.register_autograd(
 # The functional entry point (what torch._VF.gru is to nn.GRU).
 
 
-def _check_attributes(input: Tensor, hx: Tensor, weights: Sequence[Tensor]) -> None:
+def _check_attributes(input: Tensor, hx: Optional[Tensor], weights: Sequence[Tensor]) -> None:
     # ATen's check_attributes (RNN.cpp), same messages.
-    for name, tensors in (("hidden", (hx,)), ("parameter", weights)):
+    device = input.device
+    for name, tensors in (("hidden", () if hx is None else (hx,)), ("parameter", weights)):
         for t in tensors:
-            if t.device != input.device:
+            if t.device != device:
                 raise RuntimeError(
                     f"Input and {name} tensors are not at the same device, found input tensor "
-                    f"at {input.device} and {name} tensor at {t.device}"
+                    f"at {device} and {name} tensor at {t.device}"
                 )
 
 
-def _check_hidden_dtype(hx: Tensor, weights: Sequence[Tensor], has_biases: bool) -> None:
+def _check_hidden_dtype(hx: Optional[Tensor], weights: Sequence[Tensor], has_biases: bool) -> None:
     # On the native path, a mismatched h0 first meets W_hh in the recurrent addmm (bias) or
     # mm (no bias), whose messages these are.
     w = weights[1]
-    if hx.dtype == w.dtype:
+    if hx is None or hx.dtype == w.dtype:
         return
     if has_biases:
         raise RuntimeError(
@@ -216,9 +222,27 @@ def _has_kernel(device: torch.device) -> bool:
     )
 
 
+def _zeros_hidden(input, weights, num_layers, bidirectional, batch_first):
+    """nn.GRU's default h0 for dense input."""
+    return torch.zeros(num_layers * (2 if bidirectional else 1),
+                       input.size(0 if batch_first else 1), weights[1].size(1),
+                       dtype=input.dtype, device=input.device)
+
+
+def _below_autograd():
+    """A context that skips the autograd layer of the ops (for calls that need no gradient):
+    the Python autograd wrapper costs more than a whole small GRU."""
+    if _is_compiling():
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
 def gru(
     input: Tensor,
-    hx: Tensor,
+    hx: Optional[Tensor],
     weights: Sequence[Tensor],
     has_biases: bool,
     num_layers: int,
@@ -233,12 +257,17 @@ def gru(
     Dense: ``input`` is [T, N, C] ([N, T, C] if ``batch_first``) and the output [T, N, D*H]
     (a transposed view if ``batch_first``, as ATen returns). Packed: ``input`` is the
     PackedSequence's data [R, C] and ``batch_sizes`` its batch sizes; the output is [R, D*H].
-    ``hx`` is [L*D, N, H]; returns ``(output, h_n)``.
+    ``hx`` is [L*D, N, H] (None: zeros, dense input only); returns ``(output, h_n)``.
     """
-    weights = list(weights)
+    if hx is None and batch_sizes is not None:
+        D = 2 if bidirectional else 1
+        hx = torch.zeros(num_layers * D, int(batch_sizes[0]), weights[1].size(1),
+                         dtype=input.dtype, device=input.device)
     if not all(type(flag) is bool for flag in (has_biases, train, bidirectional, batch_first)):
         # nn.GRU passes these to torch._VF.gru, whose argument parser rejects anything but a
         # bool (e.g. GRU(..., bidirectional=1)); let it raise its own TypeError.
+        if hx is None:
+            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
         if batch_sizes is None:
             torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first)
@@ -257,6 +286,8 @@ def gru(
                 stacklevel=3,
             )
         if batch_sizes is None:
+            if hx is None:
+                hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
             return torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first)
         return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
@@ -272,17 +303,23 @@ def gru(
         rows = input.size(0)
     _check_hidden_dtype(hx, weights, has_biases)
 
-    D = 2 if bidirectional else 1
     mask = None
     if dropout != 0 and train and num_layers > 1:
-        mask = _dropout_mask(float(dropout), num_layers, rows, D * hx.size(-1), input)
+        width = (2 if bidirectional else 1) * weights[1].size(1)
+        mask = _dropout_mask(float(dropout), num_layers, rows, width, input)
     need_workspace = torch.is_grad_enabled() and (
-        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights)
+        input.requires_grad
+        or (hx is not None and hx.requires_grad)
+        or any(w.requires_grad for w in weights)
     )
-    output, hy, _, _ = _ops.gru_forward(
-        input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
-        need_workspace,
-    )
+    if need_workspace:
+        output, hy, _, _ = _ops.gru_forward.default(
+            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional, True)
+    else:
+        with _below_autograd():
+            output, hy, _, _ = _ops.gru_forward.default(
+                input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
+                False)
     if batch_sizes is None and batch_first:
         output = output.transpose(0, 1)
     return output, hy

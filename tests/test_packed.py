@@ -186,3 +186,24 @@ PACKED_ERRORS = {
 @pytest.mark.parametrize("case", list(PACKED_ERRORS), ids=str)
 def test_packed_errors_match_nn_gru(case):
     _packed_errors(PACKED_ERRORS[case])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
+def test_packed_parity_at_threaded_sizes(bi, dtype):
+    # Large enough for the CPU kernels to split layers over threads.
+    ref, ours = make_pair(40, 96, 2, bidirectional=bi, dtype=dtype)
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.randint(1, 16, (24,), generator=gen).tolist()
+    x = torch.randn(max(lengths), 24, 40, generator=gen, dtype=dtype)
+    results = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, h = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+        grads = torch.autograd.grad(out.data.pow(2).sum() + h.sum(), [xi] + list(m.parameters()))
+        results.append((out.data, h, grads))
+    (o_r, h_r, g_r), (o_o, h_o, g_o) = results
+    assert_close(o_o, o_r, "output.data")
+    assert_close(h_o, h_r, "h_n")
+    for a, b in zip(g_o, g_r):
+        assert_close(a, b, "grad")

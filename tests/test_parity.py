@@ -118,3 +118,39 @@ def test_large_values_saturate_like_nn_gru():
     assert torch.isfinite(out_o).all()
     assert_close(out_o, out_r, "output")
     assert_close(h_o, h_r, "h_n")
+
+
+# Sizes at which the CPU kernels split a layer over threads (directions side by side, hidden
+# units in slices, one barrier per step) and hand the larger GEMMs to BLAS.
+THREADED = [
+    dict(T=10, N=32, C=48, H=96, layers=1, bi=False),   # two slices of one direction
+    dict(T=12, N=16, C=40, H=72, layers=2, bi=True),    # directions side by side, H % 16 != 0
+    dict(T=7, N=1, C=30, H=200, layers=1, bi=False),    # batch 1
+    dict(T=5, N=40, C=8, H=130, layers=3, bi=True),     # tails everywhere
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", THREADED, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_parity_threaded_sizes(shape, dtype, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, ours = make_pair(shape["C"], shape["H"], shape["layers"], bidirectional=shape["bi"],
+                              dtype=dtype)
+        D = 2 if shape["bi"] else 1
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(shape["T"], shape["N"], shape["C"], generator=gen, dtype=dtype)
+        h0 = torch.randn(shape["layers"] * D, shape["N"], shape["H"], generator=gen, dtype=dtype)
+        g_out = torch.randn(shape["T"], shape["N"], D * shape["H"], generator=gen, dtype=dtype)
+        g_h = torch.randn(h0.shape, generator=gen, dtype=dtype)
+        out_r, h_r, grads_r = _run(ref, x, h0, g_out, g_h)
+        out_o, h_o, grads_o = _run(ours, x, h0, g_out, g_h)
+        assert_close(out_o, out_r, "output")
+        assert_close(h_o, h_r, "h_n")
+        names = ["input", "h0"] + [n for n, _ in ours.named_parameters()]
+        for name, g_o, g_r in zip(names, grads_o, grads_r):
+            assert_close(g_o, g_r, f"grad {name}")
+    finally:
+        torch.set_num_threads(old)

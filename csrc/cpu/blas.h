@@ -1,18 +1,15 @@
-// blas.h: the GEMMs of the CPU recurrence kernels, on raw row-major pointers.
+// blas.h: GEMMs through ATen (MKL, or whatever BLAS torch was built with) on raw pointers.
 #pragma once
 
 #include <cstdint>
 
+#include "gru_params.h"
+
 namespace gru_native::cpu {
 
-// C[M, N] = A[M, K] @ B[N, K]^T + beta * C
+// C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1.
 template <typename T>
-void gemm_nt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-             T beta, T* C, int64_t ldc);
-
-// C[M, N] = A[M, K] @ B[K, N] + beta * C
-template <typename T>
-void gemm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-             T beta, T* C, int64_t ldc);
+void blas_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+               int64_t ldc, const T* bias);
 
 }  // namespace gru_native::cpu

@@ -1,99 +1,67 @@
-// gru_cpu.cpp: the CPU implementations of the gru_native ops: the shared driver (gru_stack.cpp)
-// with the CPU recurrence kernels (kernels.cpp).
+// gru_cpu.cpp: the CPU implementations of the gru_native ops: the shared driver (gru_stack.h) on
+// the CPU kernels (kernels.cpp) and, for the larger GEMMs, torch's BLAS (blas.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "cpu/blas.h"
 #include "cpu/kernels.h"
 #include "gru_stack.h"
 
 namespace gru_native {
 namespace {
 
-template <typename scalar_t>
-scalar_t* ptr(const at::Tensor& t) {
-  if (!t.defined()) return nullptr;
-  TORCH_CHECK(t.is_contiguous(), "gru_native: internal error: a kernel buffer is not contiguous");
-  return t.data_ptr<scalar_t>();
-}
+struct CpuBackend {
+  static constexpr const char* kName = "CPU";
+  static constexpr const char* kDtypes = "torch.float32, torch.float64";
+  // Below this many multiply-adds a GEMM runs in plain loops: a BLAS call through ATen costs
+  // microseconds of overhead, more than the whole product.
+  static constexpr int64_t kSmallGemm = 32 * 1024;
 
-bool cpu_supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+  static bool supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
-void cpu_forward_layer(const StepSchedule& steps, int64_t H, int D,
-                       const ForwardLayerTensors& t) {
-  AT_DISPATCH_FLOATING_TYPES(t.out.scalar_type(), "gru_native_forward_layer", [&] {
-    LayerForwardParams<scalar_t> p;
-    p.steps = steps;
-    p.H = H;
-    p.D = D;
-    for (int d = 0; d < D; ++d) {
-      p.gi[d] = ptr<scalar_t>(t.gi[d]);
-      p.w_hh[d] = ptr<scalar_t>(t.w_hh[d]);
-      p.b_hh[d] = ptr<scalar_t>(t.b_hh[d]);
-      p.h[d] = ptr<scalar_t>(t.h[d]);
-      p.ws[d] = ptr<scalar_t>(t.ws[d]);
-    }
-    p.out = ptr<scalar_t>(t.out);
+  template <typename F>
+  static void dispatch(at::ScalarType t, const F& f) {
+    AT_DISPATCH_FLOATING_TYPES(t, "gru_native_cpu", [&] { f(static_cast<scalar_t*>(nullptr)); });
+  }
+
+  template <typename T>
+  static void forward_layer(const LayerForwardParams<T>& p) {
     cpu::forward_layer(p);
-  });
-}
+  }
 
-void cpu_backward_layer(const StepSchedule& steps, int64_t H, int D,
-                        const BackwardLayerTensors& t) {
-  AT_DISPATCH_FLOATING_TYPES(t.out.scalar_type(), "gru_native_backward_layer", [&] {
-    LayerBackwardParams<scalar_t> p;
-    p.steps = steps;
-    p.H = H;
-    p.D = D;
-    for (int d = 0; d < D; ++d) {
-      p.w_hh[d] = ptr<scalar_t>(t.w_hh[d]);
-      p.h0[d] = ptr<scalar_t>(t.h0[d]);
-      p.ws[d] = ptr<scalar_t>(t.ws[d]);
-      p.dh[d] = ptr<scalar_t>(t.dh[d]);
-      p.dgi[d] = ptr<scalar_t>(t.dgi[d]);
-      p.dgh[d] = ptr<scalar_t>(t.dgh[d]);
-      p.hp[d] = ptr<scalar_t>(t.hp[d]);
-    }
-    p.out = ptr<scalar_t>(t.out);
-    p.dout = ptr<scalar_t>(t.dout);
+  template <typename T>
+  static void backward_layer(const LayerBackwardParams<T>& p) {
     cpu::backward_layer(p);
-  });
-}
+  }
 
-void cpu_column_sum(const at::Tensor& src, const at::Tensor& dst) {
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "gru_native_column_sum", [&] {
-    cpu::column_sum<scalar_t>(src.size(0), src.size(1), ptr<scalar_t>(src), src.size(1),
-                              ptr<scalar_t>(dst));
-  });
-}
+  template <typename T>
+  static void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+                   int64_t ldc, const T* bias) {
+    if (M * N * K <= kSmallGemm) {
+      cpu::small_gemm(M, N, K, A, B, beta, C, ldc, bias);
+    } else {
+      cpu::blas_gemm(M, N, K, A, B, beta, C, ldc, bias);
+    }
+  }
 
-const Backend kCpuBackend{"CPU", "torch.float32, torch.float64", cpu_supports, cpu_forward_layer,
-                          cpu_backward_layer, cpu_column_sum};
+  template <typename T>
+  static void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
+    cpu::column_sum(rows, cols, src, ld, dst);
+  }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-  return gru_forward(kCpuBackend, input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                     num_layers, bidirectional, need_workspace);
-}
+  template <typename T>
+  static void multiply(int64_t n, const T* a, const T* b, T* out) {
+    cpu::multiply(n, a, b, out);
+  }
+};
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_cpu(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
-    bool need_weight_grad) {
-  return gru_backward(kCpuBackend, grad_output, grad_hy, input, hx, weights, batch_sizes,
-                      dropout_mask, output, workspace, layer_outputs, has_biases, num_layers,
-                      bidirectional, need_input_grad, need_weight_grad);
-}
+using CpuStack = Stack<CpuBackend>;
 
 }  // namespace
 }  // namespace gru_native
 
 TORCH_LIBRARY_IMPL(gru_native, CPU, m) {
-  m.impl("gru_forward", &gru_native::gru_forward_cpu);
-  m.impl("gru_backward", &gru_native::gru_backward_cpu);
+  m.impl("gru_forward", &gru_native::CpuStack::forward);
+  m.impl("gru_backward", &gru_native::CpuStack::backward);
 }

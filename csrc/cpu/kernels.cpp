@@ -1,6 +1,11 @@
-// kernels.cpp: the CPU recurrence kernels. The gate math comes from gru_cell.h, evaluated on
-// at::vec::Vectorized lanes (Sleef exp/tanh), so every hidden unit, tail included, takes the
-// same vector path.
+// kernels.cpp: the CPU recurrence kernels.
+//
+// One parallel region per layer runs the whole sequence. Its threads are split over the
+// directions (each direction on its own threads) and then over hidden units: a thread owns a
+// slice [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once, and
+// per step computes the recurrent GEMM for its slice (packed_gemm.h) and the fused pointwise pass
+// for its slice (gate math from gru_cell.h on at::vec lanes, Sleef exp/tanh). The threads of a
+// direction meet at one barrier per step. Small problems run on one thread, with no region.
 
 // at::vec picks its implementation from CPU_CAPABILITY_*; match it to what the compiler targets
 // (-march=native by default, the x86-64 baseline with GRU_NATIVE_PORTABLE=1). Must come before
@@ -21,12 +26,19 @@
 
 #include "cpu/kernels.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <vector>
 
-#include "cpu/blas.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/packed_gemm.h"
 #include "gru_cell.h"
 
 namespace gru_native::cpu {
@@ -43,128 +55,402 @@ struct VecAct {
   static inline V tanh(const V& x) { return x.tanh(); }
 };
 
-// Calls f(j, n) for every block of n <= V::size() hidden units starting at j.
+// Calls f(jj, n) for every block of n <= V::size() units starting at offset jj < width.
 template <typename scalar_t, typename F>
-inline void for_each_lane_block(int64_t H, const F& f) {
+inline void for_each_lane_block(int64_t width, const F& f) {
   constexpr int64_t kV = Vec<scalar_t>::size();
-  for (int64_t j = 0; j < H; j += kV) f(j, std::min(kV, H - j));
+  for (int64_t jj = 0; jj < width; jj += kV) f(jj, std::min(kV, width - jj));
 }
 
-// One step of one direction, rows [0, rows):
-//   gi [rows, 3H], gh [rows, 3H] (h W_hh^T, no bias), h [rows, H] (h_{t-1} in, h_t out),
-//   out [rows, ld_out], ws [rows, 4H] or nullptr.
+// ---------------------------------------------------------------------------------------------
+// Work split.
+
+// A barrier for the threads of one direction: spin briefly, then yield.
+class SpinBarrier {
+ public:
+  void init(int n) {
+    n_ = n;
+    count_.store(0);
+    generation_.store(0);
+  }
+  void wait() {
+    if (n_ <= 1) return;
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins > 4096) std::this_thread::yield();
+    }
+  }
+
+ private:
+  int n_ = 1;
+  alignas(64) std::atomic<int> count_{0};
+  alignas(64) std::atomic<int> generation_{0};
+};
+
+// How a layer is spread over threads: `groups` thread groups (one per direction when the
+// directions run side by side, else one group running the directions in turn), each of
+// `per_group` threads owning a slice of the hidden units.
+struct ThreadPlan {
+  int groups = 1;
+  int per_group = 1;
+  int threads() const { return groups * per_group; }
+};
+
+// Below these amounts of work, more threads cost more (region start, barriers) than they save.
+constexpr int64_t kMinStepWorkPerThread = 24 * 1024;  // multiply-adds per step and thread
+constexpr int64_t kMinLayerWorkPerGroup = 96 * 1024;  // multiply-adds per direction and layer
+
+ThreadPlan plan_threads(int available, int D, int64_t T, int64_t N, int64_t H,
+                        int64_t slice_align) {
+  ThreadPlan plan;
+  const int64_t step_work = N * H * kGates * H;
+  if (available <= 1 || step_work * T < kMinLayerWorkPerGroup) return plan;
+  plan.groups = (D == 2 && available >= 2) ? 2 : 1;
+  const int64_t by_threads = available / plan.groups;
+  const int64_t by_width = std::max<int64_t>(1, H / slice_align);
+  const int64_t by_work = std::max<int64_t>(1, step_work / kMinStepWorkPerThread);
+  plan.per_group = static_cast<int>(std::min({by_threads, by_width, by_work}));
+  return plan;
+}
+
+// Slice q of Q over [0, H), boundaries on multiples of `align` units (whole cache lines).
+inline void slice_bounds(int64_t H, int q, int Q, int64_t align, int64_t& j0, int64_t& j1) {
+  const int64_t blocks = (H + align - 1) / align;
+  j0 = std::min(H, (blocks * q / Q) * align);
+  j1 = std::min(H, (blocks * (q + 1) / Q) * align);
+}
+
+// Runs body(group, index_in_group, barrier) on plan.threads() threads (inline when 1).
+template <typename Body>
+void run_plan(const ThreadPlan& plan, const Body& body) {
+  SpinBarrier barriers[2];
+  for (auto& b : barriers) b.init(plan.per_group);
+  if (plan.threads() == 1) {
+    body(0, 0, barriers[0]);
+    return;
+  }
+#ifdef _OPENMP
+  const int want = plan.threads();
+  std::atomic<bool> short_team{false};
+#pragma omp parallel num_threads(want)
+  {
+    // A nested or capped runtime may give fewer threads than asked: then the calling thread
+    // runs the whole plan alone, below.
+    if (omp_get_num_threads() == want) {
+      const int tid = omp_get_thread_num();
+      body(tid / plan.per_group, tid % plan.per_group, barriers[tid / plan.per_group]);
+    } else if (omp_get_thread_num() == 0) {
+      short_team.store(true);
+    }
+  }
+  if (!short_team.load()) return;
+#endif
+  // One thread: every slice of every group, in turn (q = -1).
+  SpinBarrier alone;
+  alone.init(1);
+  for (int g = 0; g < plan.groups; ++g) body(g, -1, alone);
+}
+
+// The directions a thread group runs: its own when directions run side by side, else all.
+inline void group_directions(int groups, int group, int D, int& d_begin, int& d_end) {
+  if (groups == D) {
+    d_begin = group;
+    d_end = group + 1;
+  } else {
+    d_begin = 0;
+    d_end = D;
+  }
+}
+
+// h_{t-1} for the rows of step t in direction d: rows [0, n_from_out) continue from the
+// direction's previous step (rows of `out`), rows [n_from_out, N_t) start here from h0.
 template <typename scalar_t>
-void forward_pointwise(int64_t rows, int64_t H, const scalar_t* gi, const scalar_t* gh,
-                       const scalar_t* b_hh, scalar_t* h, scalar_t* out, int64_t ld_out,
-                       scalar_t* ws) {
-  using V = Vec<scalar_t>;
-  const int64_t G = kGates * H;
-  for (int64_t b = 0; b < rows; ++b) {
-    const scalar_t* gi_b = gi + b * G;
-    const scalar_t* gh_b = gh + b * G;
-    scalar_t* h_b = h + b * H;
-    scalar_t* out_b = out + b * ld_out;
-    scalar_t* ws_b = ws ? ws + b * kWorkspaceGates * H : nullptr;
-    for_each_lane_block<scalar_t>(H, [&](int64_t j, int64_t n) {
-      auto load = [&](const scalar_t* p) { return V::loadu(p + j, n); };
-      const V zero(0);
-      const V bh_r = b_hh ? load(b_hh) : zero;
-      const V bh_z = b_hh ? load(b_hh + H) : zero;
-      const V bh_n = b_hh ? load(b_hh + 2 * H) : zero;
-      V r, z, nn, hn, h_new;
-      gru_cell_forward<V, VecAct<scalar_t>>(load(gi_b), load(gi_b + H), load(gi_b + 2 * H),
-                                            load(gh_b), load(gh_b + H), load(gh_b + 2 * H), bh_r,
-                                            bh_z, bh_n, load(h_b), r, z, nn, hn, h_new);
-      h_new.store(h_b + j, n);
-      h_new.store(out_b + j, n);
-      if (ws_b) {
-        r.store(ws_b + j, n);
-        z.store(ws_b + H + j, n);
-        nn.store(ws_b + 2 * H + j, n);
-        hn.store(ws_b + 3 * H + j, n);
-      }
+struct PrevState {
+  const scalar_t* from_out = nullptr;  // row b at from_out + b * ld_out
+  int64_t n_from_out = 0;
+};
+
+template <typename scalar_t>
+inline PrevState<scalar_t> prev_state(const StepSchedule& s, int d, int64_t t,
+                                      const scalar_t* out_d, int64_t ld_out) {
+  PrevState<scalar_t> ps;
+  if (d == 0) {
+    if (t > 0) {
+      ps.from_out = out_d + s.offsets[t - 1] * ld_out;
+      ps.n_from_out = s.batch_sizes[t];
+    }
+  } else if (t + 1 < s.T) {
+    ps.from_out = out_d + s.offsets[t + 1] * ld_out;
+    ps.n_from_out = std::min(s.batch_sizes[t], s.batch_sizes[t + 1]);
+  }
+  return ps;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename scalar_t>
+struct ForwardSlice {
+  const LayerForwardParams<scalar_t>& p;
+  int d;
+  int64_t j0, j1;
+  PackedGemm<scalar_t>& w;  // W_hh rows of the slice, all three gates: [H, 3 * width]
+  scalar_t* gh;             // [N, 3 * width] h_{t-1} W_hh^T for the slice
+
+  int64_t width() const { return j1 - j0; }
+
+  void pack() {
+    const int64_t H = p.H, wd = width();
+    const scalar_t* W = p.w_hh[d];
+    const int64_t j0_ = j0;
+    w.pack(H, kGates * wd, [&](int64_t k, int64_t c) {
+      return W[((c / wd) * H + j0_ + c % wd) * H + k];
     });
   }
-}
 
-// One row of one step, backward:
-//   dout_b [H] dL/dh_t from the layer output, dh_b [H] dL/dh_t from step t+1 (in) and the direct
-//   part of dL/dh_{t-1} (out), ws_b [4H], h_prev [H]; writes dgi_b [3H], dgh_b [3H], hp_b [H].
-template <typename scalar_t>
-void backward_pointwise_row(int64_t H, const scalar_t* dout_b, const scalar_t* ws_b,
-                            const scalar_t* h_prev, scalar_t* dh_b, scalar_t* dgi_b,
-                            scalar_t* dgh_b, scalar_t* hp_b) {
-  using V = Vec<scalar_t>;
-  for_each_lane_block<scalar_t>(H, [&](int64_t j, int64_t n) {
-    auto load = [&](const scalar_t* p) { return V::loadu(p + j, n); };
-    const V hp = load(h_prev);
-    V d_r, d_z, d_n, d_hn, dh_prev;
-    gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
-                         load(ws_b + 2 * H), load(ws_b + 3 * H), hp, d_r, d_z, d_n, d_hn, dh_prev);
-    d_r.store(dgi_b + j, n);
-    d_z.store(dgi_b + H + j, n);
-    d_n.store(dgi_b + 2 * H + j, n);
-    d_r.store(dgh_b + j, n);
-    d_z.store(dgh_b + H + j, n);
-    d_hn.store(dgh_b + 2 * H + j, n);
-    dh_prev.store(dh_b + j, n);
-    hp.store(hp_b + j, n);
-  });
-}
-
-template <typename scalar_t>
-void forward_direction(const LayerForwardParams<scalar_t>& p, int d) {
-  const StepSchedule& s = p.steps;
-  const int64_t H = p.H, G = kGates * H, ld_out = p.D * H;
-  std::vector<scalar_t> gh(static_cast<size_t>(s.N * G));
-  for (int64_t i = 0; i < s.T; ++i) {
-    const int64_t t = d ? s.T - 1 - i : i;
+  void step(int64_t t) {
+    using V = Vec<scalar_t>;
+    const StepSchedule& s = p.steps;
+    const int64_t H = p.H, wd = width(), G = kGates * wd, ld_out = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
-    gemm_nt<scalar_t>(rows, G, H, p.h[d], H, p.w_hh[d], H, scalar_t(0), gh.data(), G);
-    forward_pointwise<scalar_t>(rows, H, p.gi[d] + off * G, gh.data(), p.b_hh[d], p.h[d],
-                                p.out + off * ld_out + d * H, ld_out,
-                                p.ws[d] ? p.ws[d] + off * kWorkspaceGates * H : nullptr);
-  }
-}
-
-template <typename scalar_t>
-void backward_direction(const LayerBackwardParams<scalar_t>& p, int d) {
-  const StepSchedule& s = p.steps;
-  const int64_t H = p.H, G = kGates * H, ld = p.D * H;
-  const scalar_t* out = p.out + d * H;
-  const scalar_t* dout = p.dout + d * H;
-  // Steps in the reverse of the order the forward ran them.
-  for (int64_t i = 0; i < s.T; ++i) {
-    const int64_t t = d ? i : s.T - 1 - i;
-    const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
+    scalar_t* out_d = p.out + d * H;
+    const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
+                                                ld_out);
+    const scalar_t* h0 = p.h0[d];
+    w.run(prev.n_from_out, prev.from_out, ld_out, gh, G, false);
+    w.run(rows - prev.n_from_out, h0 + prev.n_from_out * H, H, gh + prev.n_from_out * G, G,
+          false);
+    // Rows whose last step (in this direction's order) this is also write h_n.
+    const int64_t finish_from =
+        d == 0 ? (t + 1 < s.T ? s.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
+    const scalar_t* b_hh = p.b_hh[d];
     for (int64_t b = 0; b < rows; ++b) {
-      // h_{t-1} of this row: the previous step's output, or h0 where the row starts here.
-      const scalar_t* h_prev;
-      if (d == 0) {
-        h_prev = (t == 0) ? p.h0[d] + b * H : out + (s.offsets[t - 1] + b) * ld;
-      } else {
-        h_prev = (t + 1 < s.T && b < s.batch_sizes[t + 1]) ? out + (s.offsets[t + 1] + b) * ld
-                                                            : p.h0[d] + b * H;
-      }
-      const int64_t row = off + b;
-      backward_pointwise_row<scalar_t>(H, dout + row * ld, p.ws[d] + row * kWorkspaceGates * H,
-                                       h_prev, p.dh[d] + b * H, p.dgi[d] + row * G,
-                                       p.dgh[d] + row * G, p.hp[d] + row * H);
+      const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
+      const scalar_t* gh_b = gh + b * G;
+      const scalar_t* hp_b = (b < prev.n_from_out ? prev.from_out + b * ld_out : h0 + b * H) + j0;
+      scalar_t* out_b = out_d + (off + b) * ld_out + j0;
+      scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
+      scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;
+      for_each_lane_block<scalar_t>(wd, [&](int64_t jj, int64_t n) {
+        auto load = [&](const scalar_t* q) { return V::loadu(q + jj, n); };
+        const V zero(0);
+        const scalar_t* bh = b_hh ? b_hh + j0 : nullptr;
+        V r, z, nn, hn, h_new;
+        gru_cell_forward<V, VecAct<scalar_t>>(
+            load(gi_b), load(gi_b + H), load(gi_b + 2 * H), load(gh_b), load(gh_b + wd),
+            load(gh_b + 2 * wd), bh ? load(bh) : zero, bh ? load(bh + H) : zero,
+            bh ? load(bh + 2 * H) : zero, load(hp_b), r, z, nn, hn, h_new);
+        h_new.store(out_b + jj, n);
+        if (hy_b) h_new.store(hy_b + jj, n);
+        if (ws_b) {
+          r.store(ws_b + jj, n);
+          z.store(ws_b + H + jj, n);
+          nn.store(ws_b + 2 * H + jj, n);
+          hn.store(ws_b + 3 * H + jj, n);
+        }
+      });
     }
-    gemm_nn<scalar_t>(rows, H, G, p.dgh[d] + off * G, G, p.w_hh[d], H, scalar_t(1), p.dh[d], H);
   }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+template <typename scalar_t>
+struct BackwardSlice {
+  const LayerBackwardParams<scalar_t>& p;
+  int d;
+  int64_t j0, j1;
+  PackedGemm<scalar_t>& w;  // W_hh columns of the slice: [3H, width]
+
+  int64_t width() const { return j1 - j0; }
+
+  void pack() {
+    const int64_t H = p.H;
+    const scalar_t* W = p.w_hh[d];
+    const int64_t j0_ = j0;
+    w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + j0_ + c]; });
+  }
+
+  // The pointwise pass of step t for the slice: dG_i, dG_h, h_{t-1}, and the direct part of
+  // dh_{t-1} into dh.
+  void pointwise(int64_t t) {
+    using V = Vec<scalar_t>;
+    const StepSchedule& s = p.steps;
+    const int64_t H = p.H, G = kGates * H, ld = p.D * H;
+    const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
+    const PrevState<scalar_t> prev = prev_state(s, d, t, p.out + d * H, ld);
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t row = off + b;
+      const scalar_t* hprev =
+          (b < prev.n_from_out ? prev.from_out + b * ld : p.h0[d] + b * H) + j0;
+      const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
+      const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
+      scalar_t* dh_b = p.dh[d] + b * H + j0;
+      scalar_t* dgi_b = p.dgi[d] + row * G + j0;
+      scalar_t* dgh_b = p.dgh[d] + row * G + j0;
+      scalar_t* hp_b = p.hp[d] + row * H + j0;
+      for_each_lane_block<scalar_t>(width(), [&](int64_t jj, int64_t n) {
+        auto load = [&](const scalar_t* q) { return V::loadu(q + jj, n); };
+        const V hp = load(hprev);
+        V d_r, d_z, d_n, d_hn, dh_prev;
+        gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
+                             load(ws_b + 2 * H), load(ws_b + 3 * H), hp, d_r, d_z, d_n, d_hn,
+                             dh_prev);
+        d_r.store(dgi_b + jj, n);
+        d_z.store(dgi_b + H + jj, n);
+        d_n.store(dgi_b + 2 * H + jj, n);
+        d_r.store(dgh_b + jj, n);
+        d_z.store(dgh_b + H + jj, n);
+        d_hn.store(dgh_b + 2 * H + jj, n);
+        dh_prev.store(dh_b + jj, n);
+        hp.store(hp_b + jj, n);
+      });
+    }
+  }
+
+  // dh_{t-1}[:, slice] += dG_h(t) W_hh[:, slice]; needs every slice's dG_h of step t.
+  void gemm(int64_t t) {
+    const StepSchedule& s = p.steps;
+    const int64_t H = p.H;
+    w.run(s.batch_sizes[t], p.dgh[d] + s.offsets[t] * kGates * H, kGates * H, p.dh[d] + j0, H,
+          true);
+  }
+};
+
+template <typename scalar_t>
+int64_t slice_align() {
+  // Whole 64-byte cache lines, and at least one vector.
+  return std::max<int64_t>(Vec<scalar_t>::size(), 64 / static_cast<int64_t>(sizeof(scalar_t)));
+}
+
+template <typename scalar_t>
+size_t packed_size(int64_t K, int64_t Nc) {
+  using PG = PackedGemm<scalar_t>;
+  return static_cast<size_t>(((Nc + PG::kNR - 1) / PG::kNR) * K * PG::kNR);
 }
 
 }  // namespace
 
 template <typename scalar_t>
 void forward_layer(const LayerForwardParams<scalar_t>& p) {
-  for (int d = 0; d < p.D; ++d) forward_direction(p, d);
+  const StepSchedule& s = p.steps;
+  const int64_t H = p.H, align = slice_align<scalar_t>();
+  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N, H, align);
+  // Every buffer is allocated here, before any thread starts.
+  std::vector<PackedGemm<scalar_t>> packs(plan.threads());
+  std::vector<std::vector<scalar_t>> gh(plan.threads());
+  for (int i = 0; i < plan.threads(); ++i) {
+    int64_t j0, j1;
+    slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
+    packs[i].data.reserve(packed_size<scalar_t>(H, kGates * (j1 - j0)));
+    gh[i].resize(static_cast<size_t>(s.N * kGates * (j1 - j0)));
+  }
+  run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
+    const bool alone = q < 0;  // the serial fallback runs every slice of the group itself
+    int d_begin, d_end;
+    group_directions(plan.groups, group, p.D, d_begin, d_end);
+    for (int d = d_begin; d < d_end; ++d) {
+      for (int qq = alone ? 0 : q; qq < (alone ? plan.per_group : q + 1); ++qq) {
+        const int slot = group * plan.per_group + qq;
+        int64_t j0, j1;
+        slice_bounds(H, qq, plan.per_group, align, j0, j1);
+        ForwardSlice<scalar_t> slice{p, d, j0, j1, packs[slot], gh[slot].data()};
+        slice.pack();
+      }
+      for (int64_t i = 0; i < s.T; ++i) {
+        const int64_t t = d == 0 ? i : s.T - 1 - i;
+        for (int qq = alone ? 0 : q; qq < (alone ? plan.per_group : q + 1); ++qq) {
+          const int slot = group * plan.per_group + qq;
+          int64_t j0, j1;
+          slice_bounds(H, qq, plan.per_group, align, j0, j1);
+          ForwardSlice<scalar_t>{p, d, j0, j1, packs[slot], gh[slot].data()}.step(t);
+        }
+        barrier.wait();  // the next step reads every slice of h_t
+      }
+    }
+  });
 }
 
 template <typename scalar_t>
 void backward_layer(const LayerBackwardParams<scalar_t>& p) {
-  for (int d = 0; d < p.D; ++d) backward_direction(p, d);
+  const StepSchedule& s = p.steps;
+  const int64_t H = p.H, align = slice_align<scalar_t>();
+  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N, H, align);
+  std::vector<PackedGemm<scalar_t>> packs(plan.threads());
+  for (int i = 0; i < plan.threads(); ++i) {
+    int64_t j0, j1;
+    slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
+    packs[i].data.reserve(packed_size<scalar_t>(kGates * H, j1 - j0));
+  }
+  run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
+    const bool alone = q < 0;
+    const int q_begin = alone ? 0 : q, q_end = alone ? plan.per_group : q + 1;
+    int d_begin, d_end;
+    group_directions(plan.groups, group, p.D, d_begin, d_end);
+    auto slice_for = [&](int d, int qq) {
+      int64_t j0, j1;
+      slice_bounds(H, qq, plan.per_group, align, j0, j1);
+      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq]};
+    };
+    for (int d = d_begin; d < d_end; ++d) {
+      for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
+      // Steps in the reverse of the order the forward ran them.
+      for (int64_t i = 0; i < s.T; ++i) {
+        const int64_t t = d == 0 ? s.T - 1 - i : i;
+        for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pointwise(t);
+        barrier.wait();  // the GEMM reads every slice of dG_h(t)
+        for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).gemm(t);
+      }
+    }
+  });
+}
+
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+                int64_t ldc, const T* bias) {
+  using V = Vec<T>;
+  // The inner loop runs along a row of B: give B unit column stride (a small copy).
+  std::vector<T> b_copy;
+  const T* b = B.p;
+  int64_t b_rs = B.rs;
+  if (B.cs != 1 && K > 0 && N > 0) {
+    b_copy.resize(static_cast<size_t>(K * N));
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) b_copy[k * N + n] = B.p[k * B.rs + n * B.cs];
+    }
+    b = b_copy.data();
+    b_rs = N;
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    T* c = C + m * ldc;
+    if (beta == T(0)) std::fill(c, c + N, T(0));
+    if (bias) {
+      for_each_lane_block<T>(N, [&](int64_t n, int64_t len) {
+        (V::loadu(c + n, len) + V::loadu(bias + n, len)).store(c + n, len);
+      });
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const V a(A.p[m * A.rs + k * A.cs]);
+      const T* bk = b + k * b_rs;
+      for_each_lane_block<T>(N, [&](int64_t n, int64_t len) {
+        at::vec::fmadd(a, V::loadu(bk + n, len), V::loadu(c + n, len)).store(c + n, len);
+      });
+    }
+  }
+}
+
+template <typename T>
+void multiply(int64_t n, const T* a, const T* b, T* out) {
+  using V = Vec<T>;
+  for_each_lane_block<T>(n, [&](int64_t i, int64_t len) {
+    (V::loadu(a + i, len) * V::loadu(b + i, len)).store(out + i, len);
+  });
 }
 
 template <typename scalar_t>
@@ -186,10 +472,13 @@ void column_sum(int64_t rows, int64_t cols, const scalar_t* src, int64_t ld, sca
 
 const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
 
-#define GRU_NATIVE_INSTANTIATE(T)                                      \
-  template void forward_layer<T>(const LayerForwardParams<T>&);        \
-  template void backward_layer<T>(const LayerBackwardParams<T>&);      \
-  template void column_sum<T>(int64_t, int64_t, const T*, int64_t, T*);
+#define GRU_NATIVE_INSTANTIATE(T)                                                          \
+  template void forward_layer<T>(const LayerForwardParams<T>&);                            \
+  template void backward_layer<T>(const LayerBackwardParams<T>&);                          \
+  template void small_gemm<T>(int64_t, int64_t, int64_t, MatRef<T>, MatRef<T>, T, T*, int64_t, \
+                              const T*);                                                   \
+  template void column_sum<T>(int64_t, int64_t, const T*, int64_t, T*);                    \
+  template void multiply<T>(int64_t, const T*, const T*, T*);
 GRU_NATIVE_INSTANTIATE(float)
 GRU_NATIVE_INSTANTIATE(double)
 #undef GRU_NATIVE_INSTANTIATE

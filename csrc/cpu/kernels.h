@@ -1,4 +1,4 @@
-// kernels.h: the CPU recurrence kernels (raw pointers, no ATen). Shape legend: gru_cell.h.
+// kernels.h: the CPU kernels (raw pointers, no ATen tensors). Shape legend: gru_cell.h.
 #pragma once
 
 #include <cstdint>
@@ -8,18 +8,28 @@
 namespace gru_native::cpu {
 
 // Runs every direction of one layer over all steps: per step one GEMM h W_hh^T and one fused
-// pointwise pass that writes h_t, the layer output and (if p.ws) the workspace.
-template <typename scalar_t>
-void forward_layer(const LayerForwardParams<scalar_t>& p);
+// pointwise pass that writes h_t, the layer output, h_n and (if p.ws) the workspace.
+template <typename T>
+void forward_layer(const LayerForwardParams<T>& p);
 
 // Backward through time of one layer: per step one fused pointwise pass (dG_i, dG_h, h_{t-1},
 // the direct part of dh_{t-1}) and one GEMM dh_{t-1} += dG_h W_hh.
-template <typename scalar_t>
-void backward_layer(const LayerBackwardParams<scalar_t>& p);
+template <typename T>
+void backward_layer(const LayerBackwardParams<T>& p);
+
+// C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1, for small products, in plain
+// vectorised loops with no call overhead (larger ones go to BLAS: blas.h).
+template <typename T>
+void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+                int64_t ldc, const T* bias);
 
 // dst[j] = sum_i src[i * ld + j], summed in a fixed order (bitwise reproducible).
-template <typename scalar_t>
-void column_sum(int64_t rows, int64_t cols, const scalar_t* src, int64_t ld, scalar_t* dst);
+template <typename T>
+void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst);
+
+// out[i] = a[i] * b[i]
+template <typename T>
+void multiply(int64_t n, const T* a, const T* b, T* out);
 
 // The SIMD instruction set the kernels were compiled for ("AVX2", "AVX512", "DEFAULT").
 const char* vector_isa();

@@ -1,0 +1,164 @@
+// packed_gemm.h: the recurrent GEMM of the CPU kernels, C[M, Nc] (+)= A[M, K] B[K, Nc], where B
+// (a slice of W_hh, the same at every step) is packed once per call into panels of kNR columns,
+// and a register-blocked microkernel computes kMR x kNR tiles of C with at::vec FMAs.
+//
+// The packing is what a BLAS call would redo at every step; M (the batch at one step) is small,
+// so the microkernel runs on up to kMR rows at a time with every shorter tail specialised.
+// Included by kernels.cpp only, after it has chosen at::vec's instruction set.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace gru_native::cpu {
+
+template <typename T>
+struct PackedGemm {
+  using V = at::vec::Vectorized<T>;
+  static constexpr int64_t kV = V::size();
+  static constexpr int64_t kNR = 2 * kV;  // panel width: two vectors
+  static constexpr int kMR = 6;           // rows per microkernel tile
+  static constexpr int64_t kKC = 256;     // K block: a panel's block stays in L1 across rows
+
+  // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc.
+  int64_t K = 0, Nc = 0;
+  std::vector<T> data;
+
+  int64_t panels() const { return (Nc + kNR - 1) / kNR; }
+
+  // B[k, c] = get(k, c) for k < K, c < Nc.
+  template <typename Get>
+  void pack(int64_t K_, int64_t Nc_, const Get& get) {
+    K = K_;
+    Nc = Nc_;
+    data.assign(static_cast<size_t>(panels() * K * kNR), T(0));
+    for (int64_t p = 0; p < panels(); ++p) {
+      T* panel = data.data() + p * K * kNR;
+      const int64_t c0 = p * kNR, nc = std::min(kNR, Nc - c0);
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t c = 0; c < nc; ++c) panel[k * kNR + c] = get(k, c0 + c);
+      }
+    }
+  }
+
+  // C[m, c] = (accumulate ? C[m, c] : 0) + sum_k A[m * lda + k] * B[k, c]; m < M, c < Nc.
+  void run(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+    if (M <= 0 || Nc <= 0) return;
+    if (K == 0) {
+      if (!accumulate) {
+        for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + Nc, T(0));
+      }
+      return;
+    }
+    const int64_t stride = K * kNR;  // between panels
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+      const int64_t kc = std::min(kKC, K - k0);
+      const bool acc = accumulate || k0 > 0;
+      // Full-height tiles, one panel wide; a panel's K block stays in L1 across the rows.
+      const int64_t full = M - M % kMR;
+      for (int64_t p = 0; p < panels(); ++p) {
+        for (int64_t m0 = 0; m0 < full; m0 += kMR) {
+          tile<kMR, 1>(kc, A + m0 * lda + k0, lda, data.data() + p * stride + k0 * kNR, stride,
+                       C + m0 * ldc + p * kNR, ldc, std::min(kNR, Nc - p * kNR), acc);
+        }
+      }
+      // The last rows (< kMR) take several panels at once, so that there are enough independent
+      // accumulators to keep both FMA pipes busy.
+      const int64_t m0 = full;
+      const int rest = static_cast<int>(M - m0);
+      if (rest == 0) continue;
+      const int np = rest == 1 ? 4 : (rest <= 3 ? 2 : 1);
+      for (int64_t p = 0; p < panels(); p += np) {
+        const int64_t nc = std::min(np * kNR, Nc - p * kNR);
+        const T* a = A + m0 * lda + k0;
+        const T* b = data.data() + p * stride + k0 * kNR;
+        T* c = C + m0 * ldc + p * kNR;
+        const int span = static_cast<int>((nc + kNR - 1) / kNR);  // panels left, <= np
+        if (rest == 1 && span == 4) {
+          tile<1, 4>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        } else if (rest <= 3 && span == 2) {
+          if (rest == 2) tile<2, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+          else if (rest == 3) tile<3, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+          else tile<1, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        } else {
+          for (int q = 0; q < span; ++q) {
+            const int64_t ncq = std::min(kNR, nc - q * kNR);
+            const T* bq = b + q * stride;
+            T* cq = c + q * kNR;
+            switch (rest) {
+              case 5: tile<5, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+              case 4: tile<4, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+              case 3: tile<3, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+              case 2: tile<2, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+              default: tile<1, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            }
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  // One MR x (NP * kNR) tile (NP panels side by side) over kc steps of K. Every loop over the
+  // accumulators is fully unrolled, so they stay in registers (GCC spills an array of
+  // Vectorized indexed by a rolled loop at every k).
+  template <int MR, int NP>
+  static inline void tile(int64_t kc, const T* a, int64_t lda, const T* b, int64_t panel_stride,
+                          T* c, int64_t ldc, int64_t nc, bool accumulate) {
+    V acc[MR][2 * NP];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+      for (int v = 0; v < 2 * NP; ++v) acc[i][v] = V(T(0));
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      V bv[2 * NP];
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        bv[2 * p] = V::loadu(b + p * panel_stride + k * kNR);
+        bv[2 * p + 1] = V::loadu(b + p * panel_stride + k * kNR + kV);
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const V x(a[i * lda + k]);
+#pragma GCC unroll 16
+        for (int v = 0; v < 2 * NP; ++v) acc[i][v] = at::vec::fmadd(x, bv[v], acc[i][v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        const int64_t ncp = std::min(kNR, nc - p * kNR);
+        if (ncp > 0) store_row(c + i * ldc + p * kNR, acc[i][2 * p], acc[i][2 * p + 1], ncp,
+                               accumulate);
+      }
+    }
+  }
+
+  // c[0, nc) (+)= [lo | hi]
+  static inline void store_row(T* c, V lo, V hi, int64_t nc, bool accumulate) {
+    if (nc == kNR) {
+      if (accumulate) {
+        lo = lo + V::loadu(c);
+        hi = hi + V::loadu(c + kV);
+      }
+      lo.store(c);
+      hi.store(c + kV);
+      return;
+    }
+    const int64_t n_lo = std::min(kV, nc), n_hi = nc - n_lo;
+    if (accumulate) {
+      lo = lo + V::loadu(c, n_lo);
+      if (n_hi > 0) hi = hi + V::loadu(c + kV, n_hi);
+    }
+    lo.store(c, n_lo);
+    if (n_hi > 0) hi.store(c + kV, n_hi);
+  }
+};
+
+}  // namespace gru_native::cpu
