@@ -8,7 +8,9 @@ peer median / gru_native median ("x faster" when > 1).
     python benchmarks/bench.py --shapes seed,small --modes inference
     python benchmarks/bench.py --json results.json    # also write the numbers
 
-Dense shapes are (T, N, C, H, layers, direction). Packed cases feed the same PackedSequence to
+Dense shapes are (T, N, C, H, layers, direction). When onnxruntime and onnx are installed
+(`pip install onnx onnxruntime`), ONNX Runtime's GRU operator joins dense float32 inference as a
+peer (its output is checked against nn.GRU's first). Packed cases feed the same PackedSequence to
 every implementation; gru_native also runs two dense references there: the padded batch
 (T_max x N rows) and a dense batch with the same number of rows as the packed data
 (N x ceil(sum(lengths) / N)).
@@ -35,6 +37,7 @@ import gru_native
 
 REFERENCE = "nn.GRU"
 OURS = "gru_native"
+ORT = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,86 @@ def _runner(module: nn.Module, x, mode: str) -> Callable[[], None]:
     return run
 
 
+# -- ONNX Runtime's GRU operator, an optional peer for dense inference ---------------------------
+
+
+def _onnx_gru_model(ref: nn.GRU, T: int, N: int):
+    """ref as an ONNX graph of GRU operators (one per layer, linear_before_reset=1). ONNX orders
+    the gates z, r, h where PyTorch has r, z, n; layers are chained through
+    Transpose + Reshape of Y [T, D, N, H] into [T, N, D*H]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    H, L = ref.hidden_size, ref.num_layers
+    D = 2 if ref.bidirectional else 1
+
+    def zrn(w):  # PyTorch's (r, z, n) blocks -> ONNX's (z, r, h)
+        r, z, n = w.detach().chunk(3, 0)
+        return torch.cat([z, r, n], 0)
+
+    nodes, inits, x_name, hns = [], [], "X", []
+    for layer in range(L):
+        sfx = [""] + (["_reverse"] if D == 2 else [])
+        w = torch.stack([zrn(getattr(ref, f"weight_ih_l{layer}{s}")) for s in sfx])
+        r = torch.stack([zrn(getattr(ref, f"weight_hh_l{layer}{s}")) for s in sfx])
+        if ref.bias:
+            b = torch.stack([torch.cat([zrn(getattr(ref, f"bias_ih_l{layer}{s}")),
+                                        zrn(getattr(ref, f"bias_hh_l{layer}{s}"))]) for s in sfx])
+        else:
+            b = torch.zeros(D, 6 * H)
+        for name, t in ((f"W{layer}", w), (f"R{layer}", r), (f"B{layer}", b)):
+            inits.append(numpy_helper.from_array(t.float().numpy(), name))
+        nodes.append(helper.make_node(
+            "GRU", [x_name, f"W{layer}", f"R{layer}", f"B{layer}"], [f"Y{layer}", f"Yh{layer}"],
+            hidden_size=H, linear_before_reset=1,
+            direction="bidirectional" if D == 2 else "forward"))
+        nodes.append(helper.make_node("Transpose", [f"Y{layer}"], [f"Yt{layer}"],
+                                      perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"Yt{layer}", "shape3"], [f"X{layer + 1}"]))
+        x_name = f"X{layer + 1}"
+        hns.append(f"Yh{layer}")
+    inits.append(numpy_helper.from_array(
+        torch.tensor([0, 0, -1], dtype=torch.int64).numpy(), "shape3"))
+    nodes.append(helper.make_node("Identity", [x_name], ["output"]))
+    nodes.append(helper.make_node("Concat", hns, ["h_n"], axis=0))
+    graph = helper.make_graph(
+        nodes, "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, ref.input_size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [T, N, D * H]),
+         helper.make_tensor_value_info("h_n", TensorProto.FLOAT, [L * D, N, H])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def onnxruntime_runner(ref: nn.GRU, x: torch.Tensor) -> Optional[Callable[[], None]]:
+    """An ONNX Runtime session running ref on x (checked against ref first), or None when
+    onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    model = _onnx_gru_model(ref, x.shape[0], x.shape[1])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # Idle ORT threads must not spin and steal the cores from the other implementations.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"X": x.numpy()}
+    out, h_n = session.run(None, feed)
+    with torch.no_grad():
+        ref_out, ref_h = ref(x)
+    err = max((torch.from_numpy(out) - ref_out).abs().max().item(),
+              (torch.from_numpy(h_n) - ref_h).abs().max().item())
+    if not err < 1e-4:
+        raise RuntimeError(f"ONNX Runtime's GRU disagrees with nn.GRU: max |diff| {err:.2e}")
+
+    def run():
+        session.run(None, feed)
+    return run
+
+
 def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case:
     torch.manual_seed(0)
     ref = nn.GRU(shape.C, shape.H, shape.layers, bidirectional=shape.bidirectional,
@@ -124,6 +207,10 @@ def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case
     if shape.lengths is None:
         case.fns[REFERENCE] = _runner(ref, x, mode)
         case.fns[OURS] = _runner(ours, x, mode)
+        if mode == "inference" and device == "cpu" and dtype == torch.float32:
+            ort_run = onnxruntime_runner(ref, x)
+            if ort_run is not None:
+                case.fns[ORT] = ort_run
         return case
     packed = pack_padded_sequence(x, list(shape.lengths), enforce_sorted=False)
     case.fns[REFERENCE] = _runner(ref, packed, mode)

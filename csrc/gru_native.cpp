@@ -72,8 +72,22 @@ pybind11::dict build_info() {
   return info;
 }
 
+// The CPU kernels' activation functions, for the accuracy tests: (sigmoid(x), tanh(x)).
+std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 1, "cpu_activations: a 1-D CPU tensor");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor sig = at::empty_like(xc), tanh = at::empty_like(xc);
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "cpu_activations", [&] {
+    gru_native::cpu::activations<scalar_t>(xc.numel(), xc.data_ptr<scalar_t>(),
+                                           sig.data_ptr<scalar_t>(), tanh.data_ptr<scalar_t>());
+  });
+  return {sig, tanh};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built");
+  m.def("_cpu_activations", &cpu_activations,
+        "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
 }

@@ -30,7 +30,8 @@ struct LayerForwardParams {
   StepSchedule steps;
   int64_t H = 0;
   int D = 1;
-  const scalar_t* gi[2] = {nullptr, nullptr};    // [R, 3H]  x W_ih^T + b_ih
+  const scalar_t* gi[2] = {nullptr, nullptr};    // [R, 3H]  x W_ih^T (no bias)
+  const scalar_t* b_ih[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H]

@@ -11,6 +11,8 @@
 //   backward_layer<T>(LayerBackwardParams<T>)
 //   gemm<T>(M, N, K, A, B, beta, C, ldc, bias)   C = A B + beta C (+ bias on every row)
 //   column_sum<T>(rows, cols, src, ld, dst)      in a fixed order (bitwise reproducible)
+//   multiply<T>(n, a, b, out)                    out = a * b elementwise
+//   empty(sizes, options)                        an internal tensor (workspace, scratch)
 // and does all its work on the current device and stream of the tensors it is given.
 #pragma once
 
@@ -81,16 +83,19 @@ struct Stack {
     at::Tensor output = g.packed ? at::empty({R, D * H}, opts)
                                  : at::empty({g.steps.T, N, D * H}, opts);
     at::Tensor hy = at::empty({L * D, N, H}, opts);
-    at::Tensor workspace = need_workspace ? at::empty({L, D, R, kWorkspaceGates * H}, opts)
-                                          : at::empty({0}, opts);
-    at::Tensor layer_outputs = (need_workspace && L > 1) ? at::empty({L - 1, R, D * H}, opts)
-                                                         : at::empty({0}, opts);
+    at::Tensor workspace = need_workspace
+                               ? Backend::empty({L, D, R, kWorkspaceGates * H}, opts)
+                               : at::empty({0}, opts);
+    at::Tensor layer_outputs = (need_workspace && L > 1)
+                                   ? Backend::empty({L - 1, R, D * H}, opts)
+                                   : at::empty({0}, opts);
     // Scratch: the input projections of both directions, and for inference the lower layers'
     // outputs (two buffers in turn); with dropout, the masked input of the next layer.
     const int64_t n_lower = (!need_workspace && L > 1) ? std::min<int64_t>(L - 1, 2) : 0;
     const bool masked = dropout_mask.has_value();
-    at::Tensor scratch = at::empty(
-        {D * R * kGates * H + (n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
+    const int64_t n_gi = D * R * kGates * H;
+    at::Tensor scratch =
+        Backend::empty({n_gi + (n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
     const at::Tensor x0 = input.contiguous();
     const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::zeros({L * D, N, H}, opts);
     std::vector<at::Tensor> w(weights.size());
@@ -100,7 +105,7 @@ struct Stack {
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       T* gi = ptr<T>(scratch);
-      T* lower = gi + D * R * kGates * H;
+      T* lower = gi + n_gi;
       T* xdrop = lower + n_lower * R * D * H;
       const T* x = ptr<T>(x0);
       for (int64_t l = 0; l < L; ++l) {
@@ -110,13 +115,14 @@ struct Stack {
         p.H = H;
         p.D = static_cast<int>(D);
         for (int64_t d = 0; d < D; ++d) {
+          // gi = x W_ih^T for all steps at once: A = x [R, Cl], B(k=c, n=g) = W_ih[g, c]. The
+          // kernels add b_ih on the fly (one pass less over [R, 3H]).
           T* gi_d = gi + d * R * kGates * H;
-          // gi = x W_ih^T (+ b_ih): A = x [R, Cl], B(k=c, n=g) = W_ih[g, c].
           Backend::template gemm<T>(R, kGates * H, Cl, MatRef<T>{x, Cl, 1},
                                     MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), 1, Cl}, T(0), gi_d,
-                                    kGates * H,
-                                    has_biases ? ptr<T>(w[g.index(l, d, 2)]) : nullptr);
+                                    kGates * H, nullptr);
           p.gi[d] = gi_d;
+          p.b_ih[d] = has_biases ? ptr<T>(w[g.index(l, d, 2)]) : nullptr;
           p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
           p.b_hh[d] = has_biases ? ptr<T>(w[g.index(l, d, 3)]) : nullptr;
           p.h0[d] = ptr<T>(h0) + (l * D + d) * N * H;
@@ -185,7 +191,7 @@ struct Stack {
     // Scratch: dG_i and dG_h of both directions, h_{t-1}, the gradient of the lower layer's
     // output, and (with dropout) the recomputed masked input of the layer.
     const int64_t lower_rows = L > 1 ? R * D * H : 0;
-    at::Tensor scratch = at::empty(
+    at::Tensor scratch = Backend::empty(
         {2 * D * R * G + D * R * H + lower_rows + (masked ? lower_rows : 0)}, opts);
 
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {

@@ -98,6 +98,28 @@ class GRU(nn.RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
+    def _weights_have_changed(self) -> bool:
+        # nn.RNNBase's check, run at every forward: has any weight attribute stopped being the
+        # object cached in _flat_weights (torch.func.functional_call, re-assignment)? Same
+        # semantics, with the attribute lookups done in the module's dicts instead of through
+        # hasattr + getattr + Module.__getattr__ (most of the Python cost of a small forward).
+        # Subclasses (e.g. the ones torch.nn.utils.parametrize creates, whose properties shadow
+        # the weights) take nn.RNNBase's path.
+        if type(self) is not GRU:
+            return super()._weights_have_changed()
+        inst = self.__dict__
+        params = inst["_parameters"]
+        buffers = inst["_buffers"]
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
+            weight = inst.get(name)
+            if weight is None:
+                weight = params.get(name)
+            if weight is None:
+                weight = buffers.get(name)
+            if weight is not None and ref is not None and ref() is not weight:
+                return True
+        return False
+
     def flatten_parameters(self) -> None:
         """A no-op: the gru_native kernels read each parameter where it is, on every device, so
         there is no cuDNN weight buffer to compact (nn.GRU's is a no-op off cuDNN too)."""

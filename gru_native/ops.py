@@ -12,7 +12,6 @@ masks drawn from torch's generator exactly as ATen draws them, and the call to t
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -24,6 +23,9 @@ from . import _C  # noqa: F401  (loads the op library)
 __all__ = ["gru", "build_info"]
 
 _ops = torch.ops.gru_native
+_forward_op = _ops.gru_forward.default
+_backward_op = _ops.gru_backward.default
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
 
 # How ATen names dtypes in the two dtype-mismatch errors of the recurrent GEMM: c10::ScalarType
 # names (addmm) and C type names (mm).
@@ -131,32 +133,79 @@ def _setup_context(ctx, inputs, output):
     ctx.need_weight_grad = any(w.requires_grad for w in weights)
 
 
-def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
-    (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask,
-     *weights) = ctx.saved_tensors
+def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirectional,
+                  need_input_grad, need_weight_grad):
+    """The backward op on what the forward saved; returns (grad_input, grad_hx, grad_weights)
+    with None where no gradient is needed."""
+    (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask, *weights) = saved
     if workspace.dim() != 4:
         # The forward was asked not to keep its workspace (need_workspace=False) and yet a
         # gradient is wanted: recompute it, like activation checkpointing would.
-        out, _, workspace, layer_outputs = _ops.gru_forward(
-            input, hx, weights, batch_sizes, dropout_mask, ctx.has_biases, ctx.num_layers,
-            ctx.bidirectional, True,
+        out, _, workspace, layer_outputs = _forward_op(
+            input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
+            bidirectional, True,
         )
-    grad_input, grad_hx, grad_weights = _ops.gru_backward(
+    grad_input, grad_hx, grad_weights = _backward_op(
         grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, out, workspace,
-        layer_outputs, ctx.has_biases, ctx.num_layers, ctx.bidirectional, ctx.need_input_grad,
-        ctx.need_weight_grad,
+        layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
     )
     return (
-        grad_input if ctx.need_input_grad else None,
+        grad_input if need_input_grad else None,
         grad_hx if hx is not None else None,
-        list(grad_weights) if ctx.need_weight_grad else [None] * len(weights),
-        None, None, None, None, None, None,
+        list(grad_weights) if need_weight_grad else [None] * len(weights),
     )
+
+
+def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
+    grad_input, grad_hx, grad_weights = _run_backward(
+        ctx.saved_tensors, grad_output, grad_hy, ctx.has_biases, ctx.num_layers,
+        ctx.bidirectional, ctx.need_input_grad, ctx.need_weight_grad,
+    )
+    return grad_input, grad_hx, grad_weights, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
     "gru_native::gru_forward", _backward, setup_context=_setup_context
 )
+
+
+class _EagerGRU(torch.autograd.Function):
+    """The eager training path. The same two ops and the same backward as the autograd formula
+    registered above, without the generic wrapper's per-call flattening of every argument, which
+    costs more than a whole small GRU. Used only in plain eager mode (see `_plain_eager`);
+    torch.compile, functorch transforms and dispatch modes go through the registered op."""
+
+    @staticmethod
+    def forward(ctx, input, hx, batch_sizes, dropout_mask, has_biases, num_layers,
+                bidirectional, *weights):
+        with _BelowAutograd():
+            out, hy, workspace, layer_outputs = _forward_op(
+                input, hx, list(weights), batch_sizes, dropout_mask, has_biases, num_layers,
+                bidirectional, True)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(input, hx, out, workspace, layer_outputs, batch_sizes,
+                              dropout_mask, *weights)
+        ctx.args = (has_biases, num_layers, bidirectional)
+        return out, hy
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hy):
+        need = ctx.needs_input_grad
+        with _BelowAutograd():
+            grad_input, grad_hx, grad_weights = _run_backward(
+                ctx.saved_tensors, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]))
+        return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _plain_eager() -> bool:
+    """Neither compiling, nor under a functorch transform, nor under a dispatch mode: the ops
+    may then be called below their autograd layer."""
+    return (not _is_compiling() and not _functorch_active()
+            and torch._C._len_torch_dispatch_stack() == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,17 +278,6 @@ def _zeros_hidden(input, weights, num_layers, bidirectional, batch_first):
                        dtype=input.dtype, device=input.device)
 
 
-def _below_autograd():
-    """A context that skips the autograd layer of the ops (for calls that need no gradient):
-    the Python autograd wrapper costs more than a whole small GRU."""
-    if _is_compiling():
-        return contextlib.nullcontext()
-    return torch._C._AutoDispatchBelowAutograd()
-
-
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-
-
 def gru(
     input: Tensor,
     hx: Optional[Tensor],
@@ -263,7 +301,8 @@ def gru(
         D = 2 if bidirectional else 1
         hx = torch.zeros(num_layers * D, int(batch_sizes[0]), weights[1].size(1),
                          dtype=input.dtype, device=input.device)
-    if not all(type(flag) is bool for flag in (has_biases, train, bidirectional, batch_first)):
+    if not (type(has_biases) is bool and type(train) is bool and type(bidirectional) is bool
+            and type(batch_first) is bool):
         # nn.GRU passes these to torch._VF.gru, whose argument parser rejects anything but a
         # bool (e.g. GRU(..., bidirectional=1)); let it raise its own TypeError.
         if hx is None:
@@ -276,8 +315,9 @@ def gru(
                           train, bidirectional)
         raise TypeError("gru_native: has_biases, train, bidirectional and batch_first must be "
                         "bools")
+    device = input.device
     _check_attributes(input, hx, weights)
-    if not _has_kernel(input.device):
+    if device.type != "cpu" and not _has_kernel(device):
         if input.device.type not in _warned_fallback:
             _warned_fallback.add(input.device.type)
             warnings.warn(
@@ -312,12 +352,18 @@ def gru(
         or (hx is not None and hx.requires_grad)
         or any(w.requires_grad for w in weights)
     )
-    if need_workspace:
-        output, hy, _, _ = _ops.gru_forward.default(
-            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional, True)
+    if not _plain_eager():
+        output, hy, _, _ = _forward_op(
+            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
+            need_workspace)
+    elif need_workspace:
+        output, hy = _EagerGRU.apply(input, hx, batch_sizes, mask, has_biases, num_layers,
+                                     bidirectional, *weights)
     else:
-        with _below_autograd():
-            output, hy, _, _ = _ops.gru_forward.default(
+        # No gradient wanted: skip the autograd layer (its Python wrapper costs more than a
+        # whole small GRU).
+        with _BelowAutograd():
+            output, hy, _, _ = _forward_op(
                 input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
                 False)
     if batch_sizes is None and batch_first:

@@ -222,3 +222,36 @@ def test_build_info():
     assert info["cpu_vector_isa"] in ("AVX512", "AVX2", "DEFAULT")
     assert "-O" in info["cxx_flags"]
     assert info["version"] == gru_native.__version__
+
+
+class _Scale(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_parametrization_like_nn_gru():
+    import torch.nn.utils.parametrize as P
+    ref, ours = make_pair(4, 3, 2)
+    for m in (ref, ours):
+        P.register_parametrization(m, "weight_hh_l1", _Scale())
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    results = []
+    for m in (ref, ours):
+        out, h = m(x)
+        results.append((out, h, torch.autograd.grad(out.sum() + h.sum(),
+                                                     m.parametrizations.weight_hh_l1.original)))
+    for a, b in zip(results[1], results[0]):
+        assert_close(a if torch.is_tensor(a) else a[0], b if torch.is_tensor(b) else b[0], "")
+
+
+def test_weight_norm_like_nn_gru():
+    ref, ours = make_pair(4, 3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.nn.utils.weight_norm(ref, "weight_hh_l0")
+        ours = torch.nn.utils.weight_norm(ours, "weight_hh_l0")
+    with torch.no_grad():
+        for m in (ref, ours):
+            m.weight_hh_l0_g.mul_(1.5)
+    x = torch.randn(5, 2, 4)
+    assert_close(ours(x)[0], ref(x)[0], "output with weight_norm")

@@ -170,3 +170,49 @@ def test_bitwise_deterministic_forward_and_backward():
         runs.append([out, h, *grads])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+# -- the CPU kernels' activation functions -------------------------------------------------
+
+def _ulp_error(actual, expected, dtype):
+    """|actual - expected| in units of the dtype's eps times |expected| (about ulps)."""
+    scale = torch.finfo(dtype).eps * expected.abs().clamp_min(torch.finfo(dtype).tiny)
+    return ((actual.double() - expected).abs() / scale).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_cpu_activation_accuracy(dtype):
+    # float32 tanh is the kernels' own (Taylor series below 0.5, exp-based above); sigmoid is
+    # 1 / (1 + exp(-x)) on Sleef's exp. Both within 2 ulp of the float64 truth, on the vector
+    # path (whole vectors) and on the scalar path (the tail of a row shorter than a vector).
+    from gru_native import _C
+    x = torch.cat([torch.linspace(-30, 30, 300001, dtype=torch.float64),
+                   torch.logspace(-30, 1.5, 20001, dtype=torch.float64),
+                   -torch.logspace(-30, 1.5, 20001, dtype=torch.float64)]).to(dtype)
+    truth_s, truth_t = torch.sigmoid(x.double()), torch.tanh(x.double())
+    sig, tanh = _C._cpu_activations(x)
+    assert _ulp_error(sig, truth_s, dtype) <= 2
+    assert _ulp_error(tanh, truth_t, dtype) <= 2
+    # The scalar path: chunks shorter than any vector.
+    sub = x[::37]
+    parts = [_C._cpu_activations(c) for c in torch.split(sub, 3)]
+    sig_s = torch.cat([p[0] for p in parts])
+    tanh_s = torch.cat([p[1] for p in parts])
+    assert _ulp_error(sig_s, torch.sigmoid(sub.double()), dtype) <= 2
+    assert _ulp_error(tanh_s, torch.tanh(sub.double()), dtype) <= 2
+
+
+@pytest.mark.parametrize("n", [8, 3], ids=["vector", "scalar"])
+def test_cpu_activation_special_values(n):
+    from gru_native import _C
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-38, 88.0,
+                            -88.0, 100.0, -100.0])
+    for chunk in torch.split(special, n):
+        sig, tanh = _C._cpu_activations(chunk)
+        ref_s, ref_t = torch.sigmoid(chunk), torch.tanh(chunk)
+        assert torch.equal(torch.isnan(sig), torch.isnan(ref_s))
+        assert torch.equal(torch.isnan(tanh), torch.isnan(ref_t))
+        ok = ~torch.isnan(chunk)
+        assert torch.allclose(sig[ok], ref_s[ok], rtol=2e-7, atol=0)
+        assert torch.allclose(tanh[ok], ref_t[ok], rtol=2e-7, atol=0)
+        assert torch.equal(torch.signbit(tanh[ok]), torch.signbit(ref_t[ok]))

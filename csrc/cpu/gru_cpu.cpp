@@ -2,9 +2,11 @@
 // the CPU kernels (kernels.cpp) and, for the larger GEMMs, torch's BLAS (blas.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include "cpu/blas.h"
+#include "cpu/host_cache.h"
 #include "cpu/kernels.h"
 #include "gru_stack.h"
 
@@ -53,6 +55,11 @@ struct CpuBackend {
   template <typename T>
   static void multiply(int64_t n, const T* a, const T* b, T* out) {
     cpu::multiply(n, a, b, out);
+  }
+
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cpu::cached_empty(c10::multiply_integers(sizes), options.dtype().toScalarType())
+        .view(sizes);
   }
 };
 

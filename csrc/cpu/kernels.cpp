@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <vector>
 
@@ -47,19 +48,95 @@ namespace {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
-template <typename scalar_t>
+// One scalar with the part of at::vec::Vectorized's interface the kernels use, so that the same
+// code handles the tail of a row that is shorter than a vector (a partial Vectorized load or
+// store goes through memcpy, which costs more than the arithmetic at small sizes).
+template <typename T>
+struct ScalarLane {
+  T v;
+  ScalarLane() = default;
+  ScalarLane(T x) : v(x) {}  // NOLINT: implicit, like Vectorized's broadcast
+  static constexpr int64_t size() { return 1; }
+  static ScalarLane loadu(const T* p) { return ScalarLane(*p); }
+  void store(T* p) const { *p = v; }
+  ScalarLane neg() const { return ScalarLane(-v); }
+  ScalarLane exp() const { return ScalarLane(std::exp(v)); }
+  ScalarLane tanh() const { return ScalarLane(std::tanh(v)); }
+  ScalarLane reciprocal() const { return ScalarLane(T(1) / v); }
+  friend ScalarLane operator+(ScalarLane a, ScalarLane b) { return ScalarLane(a.v + b.v); }
+  friend ScalarLane operator-(ScalarLane a, ScalarLane b) { return ScalarLane(a.v - b.v); }
+  friend ScalarLane operator*(ScalarLane a, ScalarLane b) { return ScalarLane(a.v * b.v); }
+};
+
+// tanh for float lanes: 2.5x cheaper than Sleef's tanh (one exp and one division instead), with
+// an error of at most a few ulp (measured in tests/test_ops.py::test_cpu_activation_accuracy):
+//   |x| <  0.5: the odd Taylor series to x^15 (truncation error < 1e-8 relative there);
+//   |x| >= 0.5: 1 - 2 / (exp(2|x|) + 1), where there is no cancellation to speak of;
+// with the sign of x put back. NaN stays NaN, +-inf gives +-1, -0 gives -0.
+constexpr float kTanhSeries[8] = {1.0f,
+                                  -1.0f / 3.0f,
+                                  2.0f / 15.0f,
+                                  -17.0f / 315.0f,
+                                  62.0f / 2835.0f,
+                                  -1382.0f / 155925.0f,
+                                  21844.0f / 6081075.0f,
+                                  -929569.0f / 638512875.0f};
+constexpr float kTanhSeriesBound = 0.5f;
+
+inline Vec<float> fast_tanh(const Vec<float>& x) {
+  using V = Vec<float>;
+  const V ax = x.abs();
+  const V x2 = x * x;
+  V p(kTanhSeries[7]);
+  for (int i = 6; i >= 0; --i) p = at::vec::fmadd(p, x2, V(kTanhSeries[i]));
+  const V small = p * ax;
+  const V big = V(1.0f) - V(2.0f) / ((ax + ax).exp() + V(1.0f));
+  const V t = V::blendv(big, small, ax < V(kTanhSeriesBound));
+  return t | (x & V(-0.0f));
+}
+
+inline float fast_tanh(float x) {
+  const float ax = std::fabs(x);
+  float t;
+  if (ax < kTanhSeriesBound) {
+    const float x2 = x * x;
+    float p = kTanhSeries[7];
+    for (int i = 6; i >= 0; --i) p = std::fma(p, x2, kTanhSeries[i]);
+    t = p * ax;
+  } else {
+    t = 1.0f - 2.0f / (std::exp(ax + ax) + 1.0f);
+  }
+  return std::copysign(t, x);
+}
+
+// Activations on a lane type: sigmoid as ATen evaluates it, 1 / (1 + exp(-x)) (Sleef exp on
+// vectors, std::exp on scalars); tanh as above for float, Sleef / std::tanh for double.
+template <typename V>
 struct VecAct {
-  using V = Vec<scalar_t>;
-  // The same evaluation as ATen's vectorised sigmoid: 1 / (1 + exp(-x)).
   static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
   static inline V tanh(const V& x) { return x.tanh(); }
 };
+template <>
+struct VecAct<Vec<float>> {
+  using V = Vec<float>;
+  static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
+  static inline V tanh(const V& x) { return fast_tanh(x); }
+};
+template <>
+struct VecAct<ScalarLane<float>> {
+  using V = ScalarLane<float>;
+  static inline V sigmoid(const V& x) { return V(1.0f / (1.0f + std::exp(-x.v))); }
+  static inline V tanh(const V& x) { return V(fast_tanh(x.v)); }
+};
 
-// Calls f(jj, n) for every block of n <= V::size() units starting at offset jj < width.
-template <typename scalar_t, typename F>
-inline void for_each_lane_block(int64_t width, const F& f) {
-  constexpr int64_t kV = Vec<scalar_t>::size();
-  for (int64_t jj = 0; jj < width; jj += kV) f(jj, std::min(kV, width - jj));
+// Calls f(V{}, j) for every lane block of [0, width): V = Vectorized<T> on whole vectors, then
+// V = ScalarLane<T> on the remaining units one by one. f loads and stores V::size() values.
+template <typename T, typename F>
+inline void for_each_lane(int64_t width, const F& f) {
+  constexpr int64_t kV = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + kV <= width; j += kV) f(Vec<T>(), j);
+  for (; j < width; ++j) f(ScalarLane<T>(), j);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -105,10 +182,12 @@ struct ThreadPlan {
 constexpr int64_t kMinStepWorkPerThread = 24 * 1024;  // multiply-adds per step and thread
 constexpr int64_t kMinLayerWorkPerGroup = 96 * 1024;  // multiply-adds per direction and layer
 
-ThreadPlan plan_threads(int available, int D, int64_t T, int64_t N, int64_t H,
+// row_k: per step, rows times the reduction length of the step's GEMMs (N * H for the
+// recurrence alone, N * (C + H) with the input projection).
+ThreadPlan plan_threads(int available, int D, int64_t T, int64_t row_k, int64_t H,
                         int64_t slice_align) {
   ThreadPlan plan;
-  const int64_t step_work = N * H * kGates * H;
+  const int64_t step_work = row_k * kGates * H;
   if (available <= 1 || step_work * T < kMinLayerWorkPerGroup) return plan;
   plan.groups = (D == 2 && available >= 2) ? 2 : 1;
   const int64_t by_threads = available / plan.groups;
@@ -194,27 +273,27 @@ inline PrevState<scalar_t> prev_state(const StepSchedule& s, int d, int64_t t,
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// One thread's share of one direction's forward: hidden units [j0, j1) of all three gates.
 template <typename scalar_t>
 struct ForwardSlice {
   const LayerForwardParams<scalar_t>& p;
   int d;
   int64_t j0, j1;
-  PackedGemm<scalar_t>& w;  // W_hh rows of the slice, all three gates: [H, 3 * width]
-  scalar_t* gh;             // [N, 3 * width] h_{t-1} W_hh^T for the slice
+  PackedGemm<scalar_t>& wh;  // W_hh rows of the slice, all three gates: [H, 3 * width]
+  scalar_t* gh;              // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
 
   int64_t width() const { return j1 - j0; }
 
+  // Column c = g * width + jj of the packed matrix is gate g of hidden unit j0 + jj.
   void pack() {
-    const int64_t H = p.H, wd = width();
+    const int64_t H = p.H, wd = width(), first = j0;
     const scalar_t* W = p.w_hh[d];
-    const int64_t j0_ = j0;
-    w.pack(H, kGates * wd, [&](int64_t k, int64_t c) {
-      return W[((c / wd) * H + j0_ + c % wd) * H + k];
+    wh.pack(H, kGates * wd, [&](int64_t k, int64_t c) {
+      return W[((c / wd) * H + first + c % wd) * H + k];
     });
   }
 
   void step(int64_t t) {
-    using V = Vec<scalar_t>;
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, wd = width(), G = kGates * wd, ld_out = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
@@ -222,13 +301,14 @@ struct ForwardSlice {
     const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
                                                 ld_out);
     const scalar_t* h0 = p.h0[d];
-    w.run(prev.n_from_out, prev.from_out, ld_out, gh, G, false);
-    w.run(rows - prev.n_from_out, h0 + prev.n_from_out * H, H, gh + prev.n_from_out * G, G,
-          false);
+    wh.run(prev.n_from_out, prev.from_out, ld_out, gh, G, false);
+    wh.run(rows - prev.n_from_out, h0 + prev.n_from_out * H, H, gh + prev.n_from_out * G, G,
+           false);
     // Rows whose last step (in this direction's order) this is also write h_n.
     const int64_t finish_from =
         d == 0 ? (t + 1 < s.T ? s.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
-    const scalar_t* b_hh = p.b_hh[d];
+    const scalar_t* bi = p.b_ih[d] ? p.b_ih[d] + j0 : nullptr;
+    const scalar_t* bh = p.b_hh[d] ? p.b_hh[d] + j0 : nullptr;
     for (int64_t b = 0; b < rows; ++b) {
       const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
       const scalar_t* gh_b = gh + b * G;
@@ -236,22 +316,28 @@ struct ForwardSlice {
       scalar_t* out_b = out_d + (off + b) * ld_out + j0;
       scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
       scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;
-      for_each_lane_block<scalar_t>(wd, [&](int64_t jj, int64_t n) {
-        auto load = [&](const scalar_t* q) { return V::loadu(q + jj, n); };
-        const V zero(0);
-        const scalar_t* bh = b_hh ? b_hh + j0 : nullptr;
+      for_each_lane<scalar_t>(wd, [&](auto lane, int64_t jj) {
+        using V = decltype(lane);
+        auto load = [&](const scalar_t* q) { return V::loadu(q + jj); };
+        const V zero(scalar_t(0));
+        V gi_r = load(gi_b), gi_z = load(gi_b + H), gi_n = load(gi_b + 2 * H);
+        if (bi) {
+          gi_r = gi_r + load(bi);
+          gi_z = gi_z + load(bi + H);
+          gi_n = gi_n + load(bi + 2 * H);
+        }
         V r, z, nn, hn, h_new;
-        gru_cell_forward<V, VecAct<scalar_t>>(
-            load(gi_b), load(gi_b + H), load(gi_b + 2 * H), load(gh_b), load(gh_b + wd),
-            load(gh_b + 2 * wd), bh ? load(bh) : zero, bh ? load(bh + H) : zero,
-            bh ? load(bh + 2 * H) : zero, load(hp_b), r, z, nn, hn, h_new);
-        h_new.store(out_b + jj, n);
-        if (hy_b) h_new.store(hy_b + jj, n);
+        gru_cell_forward<V, VecAct<V>>(
+            gi_r, gi_z, gi_n, load(gh_b), load(gh_b + wd), load(gh_b + 2 * wd),
+            bh ? load(bh) : zero, bh ? load(bh + H) : zero, bh ? load(bh + 2 * H) : zero,
+            load(hp_b), r, z, nn, hn, h_new);
+        h_new.store(out_b + jj);
+        if (hy_b) h_new.store(hy_b + jj);
         if (ws_b) {
-          r.store(ws_b + jj, n);
-          z.store(ws_b + H + jj, n);
-          nn.store(ws_b + 2 * H + jj, n);
-          hn.store(ws_b + 3 * H + jj, n);
+          r.store(ws_b + jj);
+          z.store(ws_b + H + jj);
+          nn.store(ws_b + 2 * H + jj);
+          hn.store(ws_b + 3 * H + jj);
         }
       });
     }
@@ -280,7 +366,6 @@ struct BackwardSlice {
   // The pointwise pass of step t for the slice: dG_i, dG_h, h_{t-1}, and the direct part of
   // dh_{t-1} into dh.
   void pointwise(int64_t t) {
-    using V = Vec<scalar_t>;
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, G = kGates * H, ld = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
@@ -295,21 +380,22 @@ struct BackwardSlice {
       scalar_t* dgi_b = p.dgi[d] + row * G + j0;
       scalar_t* dgh_b = p.dgh[d] + row * G + j0;
       scalar_t* hp_b = p.hp[d] + row * H + j0;
-      for_each_lane_block<scalar_t>(width(), [&](int64_t jj, int64_t n) {
-        auto load = [&](const scalar_t* q) { return V::loadu(q + jj, n); };
+      for_each_lane<scalar_t>(width(), [&](auto lane, int64_t jj) {
+        using V = decltype(lane);
+        auto load = [&](const scalar_t* q) { return V::loadu(q + jj); };
         const V hp = load(hprev);
         V d_r, d_z, d_n, d_hn, dh_prev;
         gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
                              load(ws_b + 2 * H), load(ws_b + 3 * H), hp, d_r, d_z, d_n, d_hn,
                              dh_prev);
-        d_r.store(dgi_b + jj, n);
-        d_z.store(dgi_b + H + jj, n);
-        d_n.store(dgi_b + 2 * H + jj, n);
-        d_r.store(dgh_b + jj, n);
-        d_z.store(dgh_b + H + jj, n);
-        d_hn.store(dgh_b + 2 * H + jj, n);
-        dh_prev.store(dh_b + jj, n);
-        hp.store(hp_b + jj, n);
+        d_r.store(dgi_b + jj);
+        d_z.store(dgi_b + H + jj);
+        d_n.store(dgi_b + 2 * H + jj);
+        d_r.store(dgh_b + jj);
+        d_z.store(dgh_b + H + jj);
+        d_hn.store(dgh_b + 2 * H + jj);
+        dh_prev.store(dh_b + jj);
+        hp.store(hp_b + jj);
       });
     }
   }
@@ -341,36 +427,34 @@ template <typename scalar_t>
 void forward_layer(const LayerForwardParams<scalar_t>& p) {
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
-  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N, H, align);
-  // Every buffer is allocated here, before any thread starts.
-  std::vector<PackedGemm<scalar_t>> packs(plan.threads());
-  std::vector<std::vector<scalar_t>> gh(plan.threads());
-  for (int i = 0; i < plan.threads(); ++i) {
+  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
+  // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
+  const int slots = plan.threads();
+  std::vector<PackedGemm<scalar_t>> wh(slots);
+  std::vector<std::vector<scalar_t>> gh(slots);
+  for (int i = 0; i < slots; ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
-    packs[i].data.reserve(packed_size<scalar_t>(H, kGates * (j1 - j0)));
-    gh[i].resize(static_cast<size_t>(s.N * kGates * (j1 - j0)));
+    const int64_t cols = kGates * (j1 - j0);
+    wh[i].data.reserve(packed_size<scalar_t>(H, cols));
+    gh[i].resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
     const bool alone = q < 0;  // the serial fallback runs every slice of the group itself
+    const int q_begin = alone ? 0 : q, q_end = alone ? plan.per_group : q + 1;
     int d_begin, d_end;
     group_directions(plan.groups, group, p.D, d_begin, d_end);
+    auto slice_for = [&](int d, int qq) {
+      const int slot = group * plan.per_group + qq;
+      int64_t j0, j1;
+      slice_bounds(H, qq, plan.per_group, align, j0, j1);
+      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data()};
+    };
     for (int d = d_begin; d < d_end; ++d) {
-      for (int qq = alone ? 0 : q; qq < (alone ? plan.per_group : q + 1); ++qq) {
-        const int slot = group * plan.per_group + qq;
-        int64_t j0, j1;
-        slice_bounds(H, qq, plan.per_group, align, j0, j1);
-        ForwardSlice<scalar_t> slice{p, d, j0, j1, packs[slot], gh[slot].data()};
-        slice.pack();
-      }
+      for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
       for (int64_t i = 0; i < s.T; ++i) {
         const int64_t t = d == 0 ? i : s.T - 1 - i;
-        for (int qq = alone ? 0 : q; qq < (alone ? plan.per_group : q + 1); ++qq) {
-          const int slot = group * plan.per_group + qq;
-          int64_t j0, j1;
-          slice_bounds(H, qq, plan.per_group, align, j0, j1);
-          ForwardSlice<scalar_t>{p, d, j0, j1, packs[slot], gh[slot].data()}.step(t);
-        }
+        for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).step(t);
         barrier.wait();  // the next step reads every slice of h_t
       }
     }
@@ -381,7 +465,7 @@ template <typename scalar_t>
 void backward_layer(const LayerBackwardParams<scalar_t>& p) {
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
-  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N, H, align);
+  const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
   std::vector<PackedGemm<scalar_t>> packs(plan.threads());
   for (int i = 0; i < plan.threads(); ++i) {
     int64_t j0, j1;
@@ -414,7 +498,6 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias) {
-  using V = Vec<T>;
   // The inner loop runs along a row of B: give B unit column stride (a small copy).
   std::vector<T> b_copy;
   const T* b = B.p;
@@ -431,15 +514,14 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
     T* c = C + m * ldc;
     if (beta == T(0)) std::fill(c, c + N, T(0));
     if (bias) {
-      for_each_lane_block<T>(N, [&](int64_t n, int64_t len) {
-        (V::loadu(c + n, len) + V::loadu(bias + n, len)).store(c + n, len);
-      });
+      for (int64_t n = 0; n < N; ++n) c[n] += bias[n];
     }
     for (int64_t k = 0; k < K; ++k) {
-      const V a(A.p[m * A.rs + k * A.cs]);
+      const T a = A.p[m * A.rs + k * A.cs];
       const T* bk = b + k * b_rs;
-      for_each_lane_block<T>(N, [&](int64_t n, int64_t len) {
-        at::vec::fmadd(a, V::loadu(bk + n, len), V::loadu(c + n, len)).store(c + n, len);
+      for_each_lane<T>(N, [&](auto lane, int64_t n) {
+        using V = decltype(lane);
+        (V::loadu(c + n) + V(a) * V::loadu(bk + n)).store(c + n);
       });
     }
   }
@@ -447,27 +529,36 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
 
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out) {
-  using V = Vec<T>;
-  for_each_lane_block<T>(n, [&](int64_t i, int64_t len) {
-    (V::loadu(a + i, len) * V::loadu(b + i, len)).store(out + i, len);
+  for_each_lane<T>(n, [&](auto lane, int64_t i) {
+    using V = decltype(lane);
+    (V::loadu(a + i) * V::loadu(b + i)).store(out + i);
   });
 }
 
-template <typename scalar_t>
-void column_sum(int64_t rows, int64_t cols, const scalar_t* src, int64_t ld, scalar_t* dst) {
-  using V = Vec<scalar_t>;
+template <typename T>
+void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
   // Sequential sums over blocks of rows, then a sum of the block sums: a fixed order whose
   // rounding error grows with rows / kBlock + kBlock rather than with rows.
   constexpr int64_t kBlock = 256;
-  std::fill(dst, dst + cols, scalar_t(0));
+  std::fill(dst, dst + cols, T(0));
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t r1 = std::min(rows, r0 + kBlock);
-    for_each_lane_block<scalar_t>(cols, [&](int64_t j, int64_t n) {
-      V acc = V::loadu(src + r0 * ld + j, n);
-      for (int64_t r = r0 + 1; r < r1; ++r) acc = acc + V::loadu(src + r * ld + j, n);
-      (V::loadu(dst + j, n) + acc).store(dst + j, n);
+    for_each_lane<T>(cols, [&](auto lane, int64_t j) {
+      using V = decltype(lane);
+      V acc = V::loadu(src + r0 * ld + j);
+      for (int64_t r = r0 + 1; r < r1; ++r) acc = acc + V::loadu(src + r * ld + j);
+      (V::loadu(dst + j) + acc).store(dst + j);
     });
   }
+}
+
+template <typename T>
+void activations(int64_t n, const T* x, T* sigmoid, T* tanh) {
+  for_each_lane<T>(n, [&](auto lane, int64_t i) {
+    using V = decltype(lane);
+    VecAct<V>::sigmoid(V::loadu(x + i)).store(sigmoid + i);
+    VecAct<V>::tanh(V::loadu(x + i)).store(tanh + i);
+  });
 }
 
 const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
@@ -478,7 +569,8 @@ const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
   template void small_gemm<T>(int64_t, int64_t, int64_t, MatRef<T>, MatRef<T>, T, T*, int64_t, \
                               const T*);                                                   \
   template void column_sum<T>(int64_t, int64_t, const T*, int64_t, T*);                    \
-  template void multiply<T>(int64_t, const T*, const T*, T*);
+  template void multiply<T>(int64_t, const T*, const T*, T*);                               \
+  template void activations<T>(int64_t, const T*, T*, T*);
 GRU_NATIVE_INSTANTIATE(float)
 GRU_NATIVE_INSTANTIATE(double)
 #undef GRU_NATIVE_INSTANTIATE

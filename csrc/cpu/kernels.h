@@ -31,6 +31,11 @@ void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst);
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out);
 
+// The kernels' sigmoid and tanh applied to x[0, n) (whole vectors, then a scalar tail), for the
+// accuracy tests.
+template <typename T>
+void activations(int64_t n, const T* x, T* sigmoid, T* tanh);
+
 // The SIMD instruction set the kernels were compiled for ("AVX2", "AVX512", "DEFAULT").
 const char* vector_isa();
 

@@ -54,55 +54,65 @@ struct PackedGemm {
       }
       return;
     }
-    const int64_t stride = K * kNR;  // between panels
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       const int64_t kc = std::min(kKC, K - k0);
-      const bool acc = accumulate || k0 > 0;
-      // Full-height tiles, one panel wide; a panel's K block stays in L1 across the rows.
-      const int64_t full = M - M % kMR;
-      for (int64_t p = 0; p < panels(); ++p) {
-        for (int64_t m0 = 0; m0 < full; m0 += kMR) {
-          tile<kMR, 1>(kc, A + m0 * lda + k0, lda, data.data() + p * stride + k0 * kNR, stride,
-                       C + m0 * ldc + p * kNR, ldc, std::min(kNR, Nc - p * kNR), acc);
-        }
+      // Blocks of kMC rows: the rows' K block stays in L2 while the panels stream past.
+      for (int64_t m0 = 0; m0 < M; m0 += kMC) {
+        run_block(std::min(kMC, M - m0), A + m0 * lda + k0, lda, k0, kc, C + m0 * ldc, ldc,
+                  accumulate || k0 > 0);
       }
-      // The last rows (< kMR) take several panels at once, so that there are enough independent
-      // accumulators to keep both FMA pipes busy.
-      const int64_t m0 = full;
-      const int rest = static_cast<int>(M - m0);
-      if (rest == 0) continue;
-      const int np = rest == 1 ? 4 : (rest <= 3 ? 2 : 1);
-      for (int64_t p = 0; p < panels(); p += np) {
-        const int64_t nc = std::min(np * kNR, Nc - p * kNR);
-        const T* a = A + m0 * lda + k0;
-        const T* b = data.data() + p * stride + k0 * kNR;
-        T* c = C + m0 * ldc + p * kNR;
-        const int span = static_cast<int>((nc + kNR - 1) / kNR);  // panels left, <= np
-        if (rest == 1 && span == 4) {
-          tile<1, 4>(kc, a, lda, b, stride, c, ldc, nc, acc);
-        } else if (rest <= 3 && span == 2) {
-          if (rest == 2) tile<2, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
-          else if (rest == 3) tile<3, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
-          else tile<1, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
-        } else {
-          for (int q = 0; q < span; ++q) {
-            const int64_t ncq = std::min(kNR, nc - q * kNR);
-            const T* bq = b + q * stride;
-            T* cq = c + q * kNR;
-            switch (rest) {
-              case 5: tile<5, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-              case 4: tile<4, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-              case 3: tile<3, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-              case 2: tile<2, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-              default: tile<1, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-            }
+    }
+  }
+
+ private:
+  static constexpr int64_t kMC = 32 * kMR;  // rows per block
+
+  // Rows [0, M) of one K block [k0, k0 + kc); A points at the block's first element.
+  void run_block(int64_t M, const T* A, int64_t lda, int64_t k0, int64_t kc, T* C, int64_t ldc,
+                 bool acc) const {
+    const int64_t stride = K * kNR;  // between panels
+    // Full-height tiles, one panel wide; a panel's K block stays in L1 across the rows.
+    const int64_t full = M - M % kMR;
+    for (int64_t p = 0; p < panels(); ++p) {
+      for (int64_t m0 = 0; m0 < full; m0 += kMR) {
+        tile<kMR, 1>(kc, A + m0 * lda, lda, data.data() + p * stride + k0 * kNR, stride,
+                     C + m0 * ldc + p * kNR, ldc, std::min(kNR, Nc - p * kNR), acc);
+      }
+    }
+    // The last rows (< kMR) take several panels at once, so that there are enough independent
+    // accumulators to keep both FMA pipes busy.
+    const int rest = static_cast<int>(M - full);
+    if (rest == 0) return;
+    const int np = rest == 1 ? 4 : (rest <= 3 ? 2 : 1);
+    for (int64_t p = 0; p < panels(); p += np) {
+      const int64_t nc = std::min(np * kNR, Nc - p * kNR);
+      const T* a = A + full * lda;
+      const T* b = data.data() + p * stride + k0 * kNR;
+      T* c = C + full * ldc + p * kNR;
+      const int span = static_cast<int>((nc + kNR - 1) / kNR);  // panels left, <= np
+      if (rest == 1 && span == 4) {
+        tile<1, 4>(kc, a, lda, b, stride, c, ldc, nc, acc);
+      } else if (rest <= 3 && span == 2) {
+        if (rest == 2) tile<2, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        else if (rest == 3) tile<3, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        else tile<1, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+      } else {
+        for (int q = 0; q < span; ++q) {
+          const int64_t ncq = std::min(kNR, nc - q * kNR);
+          const T* bq = b + q * stride;
+          T* cq = c + q * kNR;
+          switch (rest) {
+            case 5: tile<5, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            case 4: tile<4, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            case 3: tile<3, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            case 2: tile<2, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            default: tile<1, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
           }
         }
       }
     }
   }
 
- private:
   // One MR x (NP * kNR) tile (NP panels side by side) over kc steps of K. Every loop over the
   // accumulators is fully unrolled, so they stay in registers (GCC spills an array of
   // Vectorized indexed by a rolled loop at every k).
@@ -115,7 +125,7 @@ struct PackedGemm {
 #pragma GCC unroll 16
       for (int v = 0; v < 2 * NP; ++v) acc[i][v] = V(T(0));
     }
-    for (int64_t k = 0; k < kc; ++k) {
+    auto step = [&](int64_t k) {
       V bv[2 * NP];
 #pragma GCC unroll 16
       for (int p = 0; p < NP; ++p) {
@@ -128,6 +138,13 @@ struct PackedGemm {
 #pragma GCC unroll 16
         for (int v = 0; v < 2 * NP; ++v) acc[i][v] = at::vec::fmadd(x, bv[v], acc[i][v]);
       }
+    };
+    if constexpr (MR == kMR && NP == 1) {
+      // The main tile: unrolled by 4 (measured ~5% faster at M = 32..64; slower for 1 row).
+#pragma GCC unroll 4
+      for (int64_t k = 0; k < kc; ++k) step(k);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) step(k);
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {

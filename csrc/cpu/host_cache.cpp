@@ -1,0 +1,110 @@
+// host_cache.cpp: see host_cache.h.
+#include "cpu/host_cache.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+namespace gru_native::cpu {
+namespace {
+
+// Requests below this go to at::empty (glibc reuses such blocks itself).
+constexpr size_t kMinCachedBytes = size_t(1) << 20;
+// Free blocks held at most; beyond this, freed blocks go back to the system.
+constexpr size_t kMaxCachedBytes = size_t(1) << 30;
+constexpr size_t kAlignment = 64;
+
+class HostCache {
+ public:
+  void* take(size_t bytes, size_t& capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // The smallest free block that fits and wastes at most half of itself.
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes) {
+        capacity = it->first;
+        void* p = it->second;
+        free_.erase(it);
+        free_bytes_ -= capacity;
+        return p;
+      }
+    }
+    capacity = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, capacity);
+    TORCH_CHECK(p != nullptr, "gru_native: out of memory allocating ", capacity, " bytes");
+    return p;
+  }
+
+  void give_back(void* p, size_t capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (free_bytes_ + capacity <= kMaxCachedBytes) {
+        free_.emplace(capacity, p);
+        free_bytes_ += capacity;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+  int64_t release() {
+    std::multimap<size_t, void*> blocks;
+    size_t bytes;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      bytes = free_bytes_;
+      free_bytes_ = 0;
+    }
+    for (auto& block : blocks) std::free(block.second);
+    return static_cast<int64_t>(bytes);
+  }
+
+  int64_t free_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(free_bytes_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t free_bytes_ = 0;
+};
+
+// Never destroyed: tensors may be freed during interpreter shutdown, after static destructors.
+HostCache& cache() {
+  static HostCache* instance = new HostCache();
+  return *instance;
+}
+
+struct Block {
+  void* data;
+  size_t capacity;
+};
+
+void return_block(void* context) {
+  auto* block = static_cast<Block*>(context);
+  cache().give_back(block->data, block->capacity);
+  delete block;
+}
+
+}  // namespace
+
+at::Tensor cached_empty(int64_t numel, at::ScalarType dtype) {
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  if (bytes < kMinCachedBytes) return at::empty({numel}, options);
+  size_t capacity = 0;
+  void* data = cache().take(bytes, capacity);
+  auto* block = new Block{data, capacity};
+  return at::from_blob(data, {numel}, [block](void*) { return_block(block); }, options);
+}
+
+int64_t release_cached_blocks() { return cache().release(); }
+
+int64_t cached_bytes() { return cache().free_bytes(); }
+
+}  // namespace gru_native::cpu
