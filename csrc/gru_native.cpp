@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "cpu/gru_cpu.h"
 #include "cpu/kernels.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
@@ -90,4 +91,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built");
   m.def("_cpu_activations", &cpu_activations,
         "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
+  m.def("_cpu_gru_forward", &gru_native::cpu_forward_direct,
+        "gru_forward's CPU implementation, called without the dispatcher");
+  m.def("_cpu_gru_backward", &gru_native::cpu_backward_direct,
+        "gru_backward's CPU implementation, called without the dispatcher");
 }

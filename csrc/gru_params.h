@@ -34,7 +34,7 @@ struct LayerForwardParams {
   const scalar_t* b_ih[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
-  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H]
+  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
   scalar_t* hy[2] = {nullptr, nullptr};          // [N, H]  out: h_n (not aliasing h0)
   scalar_t* ws[2] = {nullptr, nullptr};          // [R, 4H] [r|z|n|hn], nullptr: do not save
   scalar_t* out = nullptr;                       // [R, D*H], direction d owns columns d*H..
@@ -47,7 +47,7 @@ struct LayerBackwardParams {
   int64_t H = 0;
   int D = 1;
   const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
-  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H]
+  const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
   const scalar_t* ws[2] = {nullptr, nullptr};    // [R, 4H] saved by the forward
   const scalar_t* out = nullptr;                 // [R, D*H] the layer's output h_t
   const scalar_t* dout = nullptr;                // [R, D*H] dL/d(output of this layer)

@@ -35,16 +35,35 @@ void check_same(const at::Tensor& input, const at::Tensor& t, int64_t i, const G
 
 }  // namespace
 
-Geometry make_geometry(const char* backend_name, const char* backend_dtypes, bool dtype_supported,
-                       const at::Tensor& input, const std::optional<at::Tensor>& hx,
-                       at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
+                       const std::optional<at::Tensor>& hx, at::TensorList weights,
+                       const std::optional<at::Tensor>& batch_sizes,
                        const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                        int64_t num_layers, bool bidirectional) {
+  // First the checks nn.GRU makes past its Python layer, in its order, with its messages:
+  // ATen's check_attributes, the empty-sequence check, the first recurrent GEMM's dtype check.
+  for (const char* name : {"hidden", "parameter"}) {
+    const bool hidden = name[0] == 'h';
+    if (hidden && !hx.has_value()) continue;
+    for (const at::Tensor& t : hidden ? at::TensorList(*hx) : weights) {
+      TORCH_CHECK(!t.defined() || t.device() == input.device(), "Input and ", name,
+                  " tensors are not at the same device, found input tensor at ", input.device(),
+                  " and ", name, " tensor at ", t.device());
+    }
+  }
+  if (!batch_sizes.has_value() && input.dim() == 3) {
+    TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  }
+  if (hx.has_value() && weights.size() >= 2 && weights[1].defined() &&
+      hx->scalar_type() != weights[1].scalar_type()) {
+    backend.hidden_dtype_error(*hx, weights[1], has_biases);
+  }
+
   Geometry g;
-  TORCH_CHECK(dtype_supported, "gru_native: the ", backend_name,
+  TORCH_CHECK(backend.dtype_supported, "gru_native: the ", backend.name,
               " kernels do not support dtype torch.",
               std::string(c10::getDtypeNames(input.scalar_type()).first),
-              " (supported: ", backend_dtypes, ")");
+              " (supported: ", backend.dtypes, ")");
   TORCH_CHECK(num_layers >= 1, "gru_native: num_layers must be at least 1, got ", num_layers);
   g.L = num_layers;
   g.D = bidirectional ? 2 : 1;
@@ -70,7 +89,6 @@ Geometry make_geometry(const char* backend_name, const char* backend_dtypes, boo
     const int64_t* p = bsc.data_ptr<int64_t>();
     g.batch_sizes.assign(p, p + bsc.numel());
   } else {
-    TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
     g.batch_sizes.assign(input.size(0), input.size(1));
   }
   g.offsets.resize(g.batch_sizes.size());

@@ -5,6 +5,7 @@
 //
 // The driver is a template over a Backend, which supplies, as static members:
 //   kName, kDtypes                       for error messages
+//   hidden_dtype_error(hx, w_hh, bias)   raises nn.GRU's message on that device
 //   supports(at::ScalarType)             the dtypes its kernels take
 //   dispatch(at::ScalarType, f)          calls f(static_cast<T*>(nullptr)) for the element type
 //   forward_layer<T>(LayerForwardParams<T>)
@@ -41,11 +42,20 @@ struct Geometry {
   int64_t layer_input_size(int64_t layer) const { return layer == 0 ? C : D * H; }
 };
 
-// Checks every argument of both ops (names in the messages are the op's argument names and
-// nn.GRU's parameter names) and builds the step schedule.
-Geometry make_geometry(const char* backend_name, const char* backend_dtypes, bool dtype_supported,
-                       const at::Tensor& input, const std::optional<at::Tensor>& hx,
-                       at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+struct BackendInfo {
+  const char* name;
+  const char* dtypes;
+  bool dtype_supported;  // the input's dtype
+  // Raises nn.GRU's error on this device for an h0 whose dtype is not the weights'.
+  void (*hidden_dtype_error)(const at::Tensor& hx, const at::Tensor& w_hh, bool has_biases);
+};
+
+// Checks every argument of both ops and builds the step schedule. The checks nn.GRU makes below
+// its Python layer come first, with its messages; then the ops' own (names in the messages are
+// the op's argument names and nn.GRU's parameter names).
+Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
+                       const std::optional<at::Tensor>& hx, at::TensorList weights,
+                       const std::optional<at::Tensor>& batch_sizes,
                        const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                        int64_t num_layers, bool bidirectional);
 
@@ -59,6 +69,11 @@ inline T* ptr(const at::Tensor& t) {
 
 template <typename Backend>
 struct Stack {
+  static BackendInfo info(const at::Tensor& input) {
+    return {Backend::kName, Backend::kDtypes, Backend::supports(input.scalar_type()),
+            &Backend::hidden_dtype_error};
+  }
+
   // gru_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
   //             bidirectional, need_workspace) -> (output, h_n, workspace, layer_outputs)
   //   input         [T, N, C] (dense) or [R, C] with batch_sizes [T] (packed, int64, CPU)
@@ -67,28 +82,25 @@ struct Stack {
   //   dropout_mask  [L-1, R, D*H] scaled keep-mask (0 or 1/(1-p)) applied to each lower layer's
   //                 output before it feeds the next layer, or None
   //   output        [T, N, D*H] or [R, D*H];  h_n [L*D, N, H]
-  //   workspace     [L, D, R, 4H] if need_workspace else [0]
+  //   workspace     [L, D, R, 4H] if need_workspace, else undefined ([0] from the op)
   //   layer_outputs [L-1, R, D*H] the lower layers' outputs before dropout if need_workspace and
-  //                 L > 1, else [0]
+  //                 L > 1, else undefined ([0] from the op)
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
       const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
       const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
       bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-    const Geometry g = make_geometry(Backend::kName, Backend::kDtypes,
-                                     Backend::supports(input.scalar_type()), input, hx, weights,
-                                     batch_sizes, dropout_mask, has_biases, num_layers,
-                                     bidirectional);
+    const Geometry g = make_geometry(info(input), input, hx, weights, batch_sizes, dropout_mask,
+                                     has_biases, num_layers, bidirectional);
     const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L;
     const auto opts = input.options();
     at::Tensor output = g.packed ? at::empty({R, D * H}, opts)
                                  : at::empty({g.steps.T, N, D * H}, opts);
     at::Tensor hy = at::empty({L * D, N, H}, opts);
-    at::Tensor workspace = need_workspace
-                               ? Backend::empty({L, D, R, kWorkspaceGates * H}, opts)
-                               : at::empty({0}, opts);
-    at::Tensor layer_outputs = (need_workspace && L > 1)
-                                   ? Backend::empty({L - 1, R, D * H}, opts)
-                                   : at::empty({0}, opts);
+    // Undefined when not needed: the op returns them as empty tensors (op_forward below).
+    at::Tensor workspace =
+        need_workspace ? Backend::empty({L, D, R, kWorkspaceGates * H}, opts) : at::Tensor();
+    at::Tensor layer_outputs =
+        (need_workspace && L > 1) ? Backend::empty({L - 1, R, D * H}, opts) : at::Tensor();
     // Scratch: the input projections of both directions, and for inference the lower layers'
     // outputs (two buffers in turn); with dropout, the masked input of the next layer.
     const int64_t n_lower = (!need_workspace && L > 1) ? std::min<int64_t>(L - 1, 2) : 0;
@@ -97,7 +109,7 @@ struct Stack {
     at::Tensor scratch =
         Backend::empty({n_gi + (n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
     const at::Tensor x0 = input.contiguous();
-    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::zeros({L * D, N, H}, opts);
+    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::Tensor();  // none: zeros
     std::vector<at::Tensor> w(weights.size());
     for (size_t i = 0; i < weights.size(); ++i) w[i] = weights[i].contiguous();
     const at::Tensor mask = masked ? dropout_mask->contiguous() : at::Tensor();
@@ -125,7 +137,7 @@ struct Stack {
           p.b_ih[d] = has_biases ? ptr<T>(w[g.index(l, d, 2)]) : nullptr;
           p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
           p.b_hh[d] = has_biases ? ptr<T>(w[g.index(l, d, 3)]) : nullptr;
-          p.h0[d] = ptr<T>(h0) + (l * D + d) * N * H;
+          p.h0[d] = h0.defined() ? ptr<T>(h0) + (l * D + d) * N * H : nullptr;
           p.hy[d] = ptr<T>(hy) + (l * D + d) * N * H;
           p.ws[d] = need_workspace ? ptr<T>(workspace) + ((l * D + d) * R) * kWorkspaceGates * H
                                    : nullptr;
@@ -150,6 +162,19 @@ struct Stack {
     return {output, hy, workspace, layer_outputs};
   }
 
+  // The op: forward with [0] tensors for what was not kept.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> op_forward(
+      const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
+      const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
+      bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
+    auto result = forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
+                          bidirectional, need_workspace);
+    for (at::Tensor* t : {&std::get<2>(result), &std::get<3>(result)}) {
+      if (!t->defined()) *t = at::empty({0}, input.options());
+    }
+    return result;
+  }
+
   // gru_backward(...) -> (grad_input, grad_hx, grad_weights); grad_input is [0] unless
   // need_input_grad, grad_weights is empty unless need_weight_grad. grad_output / grad_hy may
   // be None (that output was not used).
@@ -160,10 +185,8 @@ struct Stack {
       const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
       bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
       bool need_weight_grad) {
-    const Geometry g = make_geometry(Backend::kName, Backend::kDtypes,
-                                     Backend::supports(input.scalar_type()), input, hx, weights,
-                                     batch_sizes, dropout_mask, has_biases, num_layers,
-                                     bidirectional);
+    const Geometry g = make_geometry(info(input), input, hx, weights, batch_sizes, dropout_mask,
+                                     has_biases, num_layers, bidirectional);
     check_backward_args(g, input, output, workspace, layer_outputs);
     const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L, G = kGates * H;
     const auto opts = input.options();
@@ -176,7 +199,7 @@ struct Stack {
       grad_hx.zero_();
     }
     const at::Tensor x0 = input.contiguous();
-    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::zeros({L * D, N, H}, opts);
+    const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::Tensor();  // none: zeros
     const at::Tensor out_c = output.contiguous();
     const at::Tensor ws_c = workspace.contiguous();
     const at::Tensor lower_c = layer_outputs.contiguous();
@@ -212,7 +235,7 @@ struct Stack {
         p.dout = dout;
         for (int64_t d = 0; d < D; ++d) {
           p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
-          p.h0[d] = ptr<T>(h0) + (l * D + d) * N * H;
+          p.h0[d] = h0.defined() ? ptr<T>(h0) + (l * D + d) * N * H : nullptr;
           p.ws[d] = ptr<T>(ws_c) + ((l * D + d) * R) * kWorkspaceGates * H;
           p.dh[d] = ptr<T>(grad_hx) + (l * D + d) * N * H;
           p.dgi[d] = dgi + d * R * G;

@@ -157,11 +157,10 @@ class GRU(nn.RNNBase):
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = None
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead"
-                )
-            is_batched = input.dim() == 3
+            dim = input.dim()
+            if dim not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {dim}D instead")
+            is_batched = dim == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)

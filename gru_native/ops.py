@@ -27,38 +27,6 @@ _forward_op = _ops.gru_forward.default
 _backward_op = _ops.gru_backward.default
 _BelowAutograd = torch._C._AutoDispatchBelowAutograd
 
-# How ATen names dtypes in the two dtype-mismatch errors of the recurrent GEMM: c10::ScalarType
-# names (addmm) and C type names (mm).
-_SCALAR_TYPE_NAMES = {
-    torch.float32: "Float",
-    torch.float64: "Double",
-    torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
-    torch.int64: "Long",
-    torch.int32: "Int",
-    torch.int16: "Short",
-    torch.int8: "Char",
-    torch.uint8: "Byte",
-    torch.bool: "Bool",
-    torch.complex64: "ComplexFloat",
-    torch.complex128: "ComplexDouble",
-}
-_C_TYPE_NAMES = {
-    torch.float32: "float",
-    torch.float64: "double",
-    torch.float16: "c10::Half",
-    torch.bfloat16: "c10::BFloat16",
-    torch.int64: "long int",
-    torch.int32: "int",
-    torch.int16: "short int",
-    torch.int8: "signed char",
-    torch.uint8: "unsigned char",
-    torch.bool: "bool",
-    torch.complex64: "c10::complex<float>",
-    torch.complex128: "c10::complex<double>",
-}
-
-
 def build_info() -> dict:
     """How the extension was built: torch version (built against / running), whether the CUDA
     kernels were compiled (and for which architectures), compiler flags, CPU vector ISA."""
@@ -77,6 +45,14 @@ def _gru_forward_fake(
     input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers, bidirectional,
     need_workspace,
 ):
+    # The kernels' first checks (nn.GRU's), so that meta and fake tensors fail as real ones do.
+    _check_attributes(input, hx, weights)
+    if batch_sizes is None and input.dim() == 3:
+        torch._check(input.size(0) != 0,
+                     lambda: "Expected sequence length to be larger than 0 in RNN")
+    if hx is not None and hx.dtype != weights[1].dtype:
+        raise RuntimeError(
+            f"gru_native: hx has dtype {hx.dtype} but the weights have {weights[1].dtype}")
     D = 2 if bidirectional else 1
     H = weights[1].size(1)
     if batch_sizes is None:
@@ -134,18 +110,18 @@ def _setup_context(ctx, inputs, output):
 
 
 def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirectional,
-                  need_input_grad, need_weight_grad):
+                  need_input_grad, need_weight_grad, forward=None, backward=None):
     """The backward op on what the forward saved; returns (grad_input, grad_hx, grad_weights)
     with None where no gradient is needed."""
     (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask, *weights) = saved
     if workspace.dim() != 4:
         # The forward was asked not to keep its workspace (need_workspace=False) and yet a
         # gradient is wanted: recompute it, like activation checkpointing would.
-        out, _, workspace, layer_outputs = _forward_op(
+        out, _, workspace, layer_outputs = (forward or _forward_op)(
             input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
             bidirectional, True,
         )
-    grad_input, grad_hx, grad_weights = _backward_op(
+    grad_input, grad_hx, grad_weights = (backward or _backward_op)(
         grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, out, workspace,
         layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
     )
@@ -169,17 +145,28 @@ torch.library.register_autograd(
 )
 
 
+def _forward_impl(device_type: str):
+    """The forward op below autograd: on the CPU, its implementation called directly (a call
+    through torch.ops boxes every argument, which costs more than a whole small GRU)."""
+    return _C._cpu_gru_forward if device_type == "cpu" else _forward_op
+
+
+def _backward_impl(device_type: str):
+    return _C._cpu_gru_backward if device_type == "cpu" else _backward_op
+
+
 class _EagerGRU(torch.autograd.Function):
     """The eager training path. The same two ops and the same backward as the autograd formula
     registered above, without the generic wrapper's per-call flattening of every argument, which
     costs more than a whole small GRU. Used only in plain eager mode (see `_plain_eager`);
-    torch.compile, functorch transforms and dispatch modes go through the registered op."""
+    torch.compile, functorch transforms, dispatch modes and tracing go through the registered
+    op."""
 
     @staticmethod
     def forward(ctx, input, hx, batch_sizes, dropout_mask, has_biases, num_layers,
                 bidirectional, *weights):
         with _BelowAutograd():
-            out, hy, workspace, layer_outputs = _forward_op(
+            out, hy, workspace, layer_outputs = _forward_impl(input.device.type)(
                 input, hx, list(weights), batch_sizes, dropout_mask, has_biases, num_layers,
                 bidirectional, True)
         ctx.set_materialize_grads(False)
@@ -191,9 +178,12 @@ class _EagerGRU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_hy):
         need = ctx.needs_input_grad
+        saved = ctx.saved_tensors
+        device_type = saved[0].device.type
         with _BelowAutograd():
             grad_input, grad_hx, grad_weights = _run_backward(
-                ctx.saved_tensors, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]))
+                saved, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]),
+                _forward_impl(device_type), _backward_impl(device_type))
         return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
 
 
@@ -201,11 +191,17 @@ _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.i
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
-def _plain_eager() -> bool:
-    """Neither compiling, nor under a functorch transform, nor under a dispatch mode: the ops
-    may then be called below their autograd layer."""
-    return (not _is_compiling() and not _functorch_active()
-            and torch._C._len_torch_dispatch_stack() == 0)
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_tracing_state = torch._C._get_tracing_state
+_has_torch_function = torch._C._has_torch_function
+
+
+def _plain_eager(tensors) -> bool:
+    """Not compiling, tracing, under a functorch transform or a dispatch mode, and no tensor
+    subclass with __torch_function__ among the arguments: the ops may then be called below
+    their autograd layer, and on the CPU without the dispatcher."""
+    return not (_dispatch_stack_len() or _has_torch_function(tensors) or _tracing_state()
+                or _functorch_active() or _is_compiling())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,24 +220,6 @@ def _check_attributes(input: Tensor, hx: Optional[Tensor], weights: Sequence[Ten
                 )
 
 
-def _check_hidden_dtype(hx: Optional[Tensor], weights: Sequence[Tensor], has_biases: bool) -> None:
-    # On the native path, a mismatched h0 first meets W_hh in the recurrent addmm (bias) or
-    # mm (no bias), whose messages these are.
-    w = weights[1]
-    if hx is None or hx.dtype == w.dtype:
-        return
-    if has_biases:
-        raise RuntimeError(
-            "mat1 and mat2 must have the same dtype, but got "
-            f"{_SCALAR_TYPE_NAMES.get(hx.dtype, hx.dtype)} and "
-            f"{_SCALAR_TYPE_NAMES.get(w.dtype, w.dtype)}"
-        )
-    raise RuntimeError(
-        "expected m1 and m2 to have the same dtype, but got: "
-        f"{_C_TYPE_NAMES.get(hx.dtype, str(hx.dtype))} != {_C_TYPE_NAMES.get(w.dtype, str(w.dtype))}"
-    )
-
-
 def _dropout_mask(
     p: float, num_layers: int, rows: int, width: int, like: Tensor
 ) -> Optional[Tensor]:
@@ -249,7 +227,7 @@ def _dropout_mask(
     ATen draws them (at::dropout on CPU: ``empty_like(x).bernoulli_(1 - p).div_(1 - p)``, one
     draw per layer in layer order; p == 1 multiplies by zero without drawing; nothing is drawn
     for an empty tensor), so a seeded run reproduces nn.GRU's masks on the CPU."""
-    if rows * width == 0:
+    if rows * width <= 0:
         return None
     mask = torch.empty((num_layers - 1, rows, width), dtype=like.dtype, device=like.device)
     if p == 1:
@@ -316,7 +294,12 @@ def gru(
         raise TypeError("gru_native: has_biases, train, bidirectional and batch_first must be "
                         "bools")
     device = input.device
-    _check_attributes(input, hx, weights)
+    plain = _plain_eager((input, hx, *weights))
+    if not (plain and device.type == "cpu"):
+        # Through the dispatcher, mixed devices would pick one device's kernel (a Meta input
+        # would even get the fake kernel): check first, as ATen's check_attributes does. (The
+        # kernels check again, and so does the direct CPU call.)
+        _check_attributes(input, hx, weights)
     if device.type != "cpu" and not _has_kernel(device):
         if input.device.type not in _warned_fallback:
             _warned_fallback.add(input.device.type)
@@ -333,18 +316,12 @@ def gru(
         return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
                              train, bidirectional)
 
-    if batch_sizes is None:
-        if batch_first:
-            input = input.transpose(0, 1)
-        if input.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        rows = input.size(0) * input.size(1)
-    else:
-        rows = input.size(0)
-    _check_hidden_dtype(hx, weights, has_biases)
-
+    if batch_sizes is None and batch_first:
+        input = input.transpose(0, 1)
+    # The empty-sequence and h0-dtype checks of ATen are made by the kernels (same messages).
     mask = None
     if dropout != 0 and train and num_layers > 1:
+        rows = input.size(0) * (input.size(1) if batch_sizes is None else 1)
         width = (2 if bidirectional else 1) * weights[1].size(1)
         mask = _dropout_mask(float(dropout), num_layers, rows, width, input)
     need_workspace = torch.is_grad_enabled() and (
@@ -352,13 +329,18 @@ def gru(
         or (hx is not None and hx.requires_grad)
         or any(w.requires_grad for w in weights)
     )
-    if not _plain_eager():
+    if not plain:
         output, hy, _, _ = _forward_op(
             input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
             need_workspace)
     elif need_workspace:
         output, hy = _EagerGRU.apply(input, hx, batch_sizes, mask, has_biases, num_layers,
                                      bidirectional, *weights)
+    elif device.type == "cpu":
+        # No gradient wanted, so nothing for autograd to record: the CPU implementation,
+        # called directly.
+        output, hy, _, _ = _C._cpu_gru_forward(
+            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional, False)
     else:
         # No gradient wanted: skip the autograd layer (its Python wrapper costs more than a
         # whole small GRU).

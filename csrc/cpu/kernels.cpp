@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cmath>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -129,14 +130,85 @@ struct VecAct<ScalarLane<float>> {
   static inline V tanh(const V& x) { return V(fast_tanh(x.v)); }
 };
 
-// Calls f(V{}, j) for every lane block of [0, width): V = Vectorized<T> on whole vectors, then
-// V = ScalarLane<T> on the remaining units one by one. f loads and stores V::size() values.
+// Lanes: how a block of consecutive units is loaded and stored. V is the value type the math
+// runs on. FullLane: a whole vector. MaskedLane: the last n < V::size() units of a row, with
+// masked loads and stores (AVX2, AVX512), so a row's tail takes the same vector path (and the
+// same math) as the rest. OneLane: one unit, on ScalarLane (the portable build's tail).
+template <typename T>
+struct FullLane {
+  using V = Vec<T>;
+  V load(const T* p) const { return V::loadu(p); }
+  void store(T* p, const V& v) const { v.store(p); }
+};
+
+template <typename T>
+struct OneLane {
+  using V = ScalarLane<T>;
+  V load(const T* p) const { return V::loadu(p); }
+  void store(T* p, const V& v) const { v.store(p); }
+};
+
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr bool kMaskedLanes = true;
+template <typename T>
+struct MaskedLane;
+template <>
+struct MaskedLane<float> {
+  using V = Vec<float>;
+  __m256i mask;
+  explicit MaskedLane(int64_t n)
+      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  V load(const float* p) const { return V(_mm256_maskload_ps(p, mask)); }
+  void store(float* p, const V& v) const { _mm256_maskstore_ps(p, mask, v); }
+};
+template <>
+struct MaskedLane<double> {
+  using V = Vec<double>;
+  __m256i mask;
+  explicit MaskedLane(int64_t n)
+      : mask(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3))) {}
+  V load(const double* p) const { return V(_mm256_maskload_pd(p, mask)); }
+  void store(double* p, const V& v) const { _mm256_maskstore_pd(p, mask, v); }
+};
+#elif defined(CPU_CAPABILITY_AVX512)
+constexpr bool kMaskedLanes = true;
+template <typename T>
+struct MaskedLane;
+template <>
+struct MaskedLane<float> {
+  using V = Vec<float>;
+  __mmask16 mask;
+  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask16>((1u << n) - 1)) {}
+  V load(const float* p) const { return V(_mm512_maskz_loadu_ps(mask, p)); }
+  void store(float* p, const V& v) const { _mm512_mask_storeu_ps(p, mask, v); }
+};
+template <>
+struct MaskedLane<double> {
+  using V = Vec<double>;
+  __mmask8 mask;
+  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask8>((1u << n) - 1)) {}
+  V load(const double* p) const { return V(_mm512_maskz_loadu_pd(mask, p)); }
+  void store(double* p, const V& v) const { _mm512_mask_storeu_pd(p, mask, v); }
+};
+#else
+constexpr bool kMaskedLanes = false;
+template <typename T>
+using MaskedLane = OneLane<T>;  // never used
+#endif
+
+// Calls f(lane, j) for consecutive blocks [j, j + lane width) covering [0, width).
 template <typename T, typename F>
 inline void for_each_lane(int64_t width, const F& f) {
   constexpr int64_t kV = Vec<T>::size();
   int64_t j = 0;
-  for (; j + kV <= width; j += kV) f(Vec<T>(), j);
-  for (; j < width; ++j) f(ScalarLane<T>(), j);
+  for (; j + kV <= width; j += kV) f(FullLane<T>(), j);
+  if (j == width) return;
+  if constexpr (kMaskedLanes) {
+    f(MaskedLane<T>(width - j), j);
+  } else {
+    for (; j < width; ++j) f(OneLane<T>(), j);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,6 +326,17 @@ struct PrevState {
   int64_t n_from_out = 0;
 };
 
+// h0 of one direction: rows at h0 + b * ld; a zero row (ld 0) when the caller gave none.
+template <typename scalar_t>
+struct InitialState {
+  const scalar_t* rows;
+  int64_t ld;
+  bool zero;
+  InitialState(const scalar_t* h0, int64_t H, const std::vector<scalar_t>& zeros)
+      : rows(h0 ? h0 : zeros.data()), ld(h0 ? H : 0), zero(h0 == nullptr) {}
+  const scalar_t* row(int64_t b) const { return rows + b * ld; }
+};
+
 template <typename scalar_t>
 inline PrevState<scalar_t> prev_state(const StepSchedule& s, int d, int64_t t,
                                       const scalar_t* out_d, int64_t ld_out) {
@@ -281,6 +364,7 @@ struct ForwardSlice {
   int64_t j0, j1;
   PackedGemm<scalar_t>& wh;  // W_hh rows of the slice, all three gates: [H, 3 * width]
   scalar_t* gh;              // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
+  const std::vector<scalar_t>& zeros;  // [H]
 
   int64_t width() const { return j1 - j0; }
 
@@ -300,10 +384,14 @@ struct ForwardSlice {
     scalar_t* out_d = p.out + d * H;
     const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
                                                 ld_out);
-    const scalar_t* h0 = p.h0[d];
+    const InitialState<scalar_t> h0(p.h0[d], H, zeros);
     wh.run(prev.n_from_out, prev.from_out, ld_out, gh, G, false);
-    wh.run(rows - prev.n_from_out, h0 + prev.n_from_out * H, H, gh + prev.n_from_out * G, G,
-           false);
+    if (h0.zero) {  // h0 W_hh^T = 0
+      std::fill(gh + prev.n_from_out * G, gh + rows * G, scalar_t(0));
+    } else {
+      wh.run(rows - prev.n_from_out, h0.row(prev.n_from_out), H, gh + prev.n_from_out * G, G,
+             false);
+    }
     // Rows whose last step (in this direction's order) this is also write h_n.
     const int64_t finish_from =
         d == 0 ? (t + 1 < s.T ? s.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
@@ -312,13 +400,13 @@ struct ForwardSlice {
     for (int64_t b = 0; b < rows; ++b) {
       const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
       const scalar_t* gh_b = gh + b * G;
-      const scalar_t* hp_b = (b < prev.n_from_out ? prev.from_out + b * ld_out : h0 + b * H) + j0;
+      const scalar_t* hp_b = (b < prev.n_from_out ? prev.from_out + b * ld_out : h0.row(b)) + j0;
       scalar_t* out_b = out_d + (off + b) * ld_out + j0;
       scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
       scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;
-      for_each_lane<scalar_t>(wd, [&](auto lane, int64_t jj) {
-        using V = decltype(lane);
-        auto load = [&](const scalar_t* q) { return V::loadu(q + jj); };
+      for_each_lane<scalar_t>(wd, [&](const auto& lane, int64_t jj) {
+        using V = typename std::decay_t<decltype(lane)>::V;
+        auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
         const V zero(scalar_t(0));
         V gi_r = load(gi_b), gi_z = load(gi_b + H), gi_n = load(gi_b + 2 * H);
         if (bi) {
@@ -331,13 +419,13 @@ struct ForwardSlice {
             gi_r, gi_z, gi_n, load(gh_b), load(gh_b + wd), load(gh_b + 2 * wd),
             bh ? load(bh) : zero, bh ? load(bh + H) : zero, bh ? load(bh + 2 * H) : zero,
             load(hp_b), r, z, nn, hn, h_new);
-        h_new.store(out_b + jj);
-        if (hy_b) h_new.store(hy_b + jj);
+        lane.store(out_b + jj, h_new);
+        if (hy_b) lane.store(hy_b + jj, h_new);
         if (ws_b) {
-          r.store(ws_b + jj);
-          z.store(ws_b + H + jj);
-          nn.store(ws_b + 2 * H + jj);
-          hn.store(ws_b + 3 * H + jj);
+          lane.store(ws_b + jj, r);
+          lane.store(ws_b + H + jj, z);
+          lane.store(ws_b + 2 * H + jj, nn);
+          lane.store(ws_b + 3 * H + jj, hn);
         }
       });
     }
@@ -353,6 +441,7 @@ struct BackwardSlice {
   int d;
   int64_t j0, j1;
   PackedGemm<scalar_t>& w;  // W_hh columns of the slice: [3H, width]
+  const std::vector<scalar_t>& zeros;  // [H]
 
   int64_t width() const { return j1 - j0; }
 
@@ -370,32 +459,32 @@ struct BackwardSlice {
     const int64_t H = p.H, G = kGates * H, ld = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
     const PrevState<scalar_t> prev = prev_state(s, d, t, p.out + d * H, ld);
+    const InitialState<scalar_t> h0(p.h0[d], H, zeros);
     for (int64_t b = 0; b < rows; ++b) {
       const int64_t row = off + b;
-      const scalar_t* hprev =
-          (b < prev.n_from_out ? prev.from_out + b * ld : p.h0[d] + b * H) + j0;
+      const scalar_t* hprev = (b < prev.n_from_out ? prev.from_out + b * ld : h0.row(b)) + j0;
       const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
       const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
       scalar_t* dh_b = p.dh[d] + b * H + j0;
       scalar_t* dgi_b = p.dgi[d] + row * G + j0;
       scalar_t* dgh_b = p.dgh[d] + row * G + j0;
       scalar_t* hp_b = p.hp[d] + row * H + j0;
-      for_each_lane<scalar_t>(width(), [&](auto lane, int64_t jj) {
-        using V = decltype(lane);
-        auto load = [&](const scalar_t* q) { return V::loadu(q + jj); };
+      for_each_lane<scalar_t>(width(), [&](const auto& lane, int64_t jj) {
+        using V = typename std::decay_t<decltype(lane)>::V;
+        auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
         const V hp = load(hprev);
         V d_r, d_z, d_n, d_hn, dh_prev;
         gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
                              load(ws_b + 2 * H), load(ws_b + 3 * H), hp, d_r, d_z, d_n, d_hn,
                              dh_prev);
-        d_r.store(dgi_b + jj);
-        d_z.store(dgi_b + H + jj);
-        d_n.store(dgi_b + 2 * H + jj);
-        d_r.store(dgh_b + jj);
-        d_z.store(dgh_b + H + jj);
-        d_hn.store(dgh_b + 2 * H + jj);
-        dh_prev.store(dh_b + jj);
-        hp.store(hp_b + jj);
+        lane.store(dgi_b + jj, d_r);
+        lane.store(dgi_b + H + jj, d_z);
+        lane.store(dgi_b + 2 * H + jj, d_n);
+        lane.store(dgh_b + jj, d_r);
+        lane.store(dgh_b + H + jj, d_z);
+        lane.store(dgh_b + 2 * H + jj, d_hn);
+        lane.store(dh_b + jj, dh_prev);
+        lane.store(hp_b + jj, hp);
       });
     }
   }
@@ -432,6 +521,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
   const int slots = plan.threads();
   std::vector<PackedGemm<scalar_t>> wh(slots);
   std::vector<std::vector<scalar_t>> gh(slots);
+  const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < slots; ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
@@ -448,7 +538,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
       const int slot = group * plan.per_group + qq;
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data()};
+      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data(), zeros};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
@@ -467,6 +557,7 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
   const int64_t H = p.H, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
   std::vector<PackedGemm<scalar_t>> packs(plan.threads());
+  const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < plan.threads(); ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
@@ -480,7 +571,7 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
     auto slice_for = [&](int d, int qq) {
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq]};
+      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq], zeros};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
@@ -519,9 +610,9 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
     for (int64_t k = 0; k < K; ++k) {
       const T a = A.p[m * A.rs + k * A.cs];
       const T* bk = b + k * b_rs;
-      for_each_lane<T>(N, [&](auto lane, int64_t n) {
-        using V = decltype(lane);
-        (V::loadu(c + n) + V(a) * V::loadu(bk + n)).store(c + n);
+      for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
+        using V = typename std::decay_t<decltype(lane)>::V;
+        lane.store(c + n, lane.load(c + n) + V(a) * lane.load(bk + n));
       });
     }
   }
@@ -529,9 +620,8 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
 
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out) {
-  for_each_lane<T>(n, [&](auto lane, int64_t i) {
-    using V = decltype(lane);
-    (V::loadu(a + i) * V::loadu(b + i)).store(out + i);
+  for_each_lane<T>(n, [&](const auto& lane, int64_t i) {
+    lane.store(out + i, lane.load(a + i) * lane.load(b + i));
   });
 }
 
@@ -543,21 +633,20 @@ void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
   std::fill(dst, dst + cols, T(0));
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t r1 = std::min(rows, r0 + kBlock);
-    for_each_lane<T>(cols, [&](auto lane, int64_t j) {
-      using V = decltype(lane);
-      V acc = V::loadu(src + r0 * ld + j);
-      for (int64_t r = r0 + 1; r < r1; ++r) acc = acc + V::loadu(src + r * ld + j);
-      (V::loadu(dst + j) + acc).store(dst + j);
+    for_each_lane<T>(cols, [&](const auto& lane, int64_t j) {
+      auto acc = lane.load(src + r0 * ld + j);
+      for (int64_t r = r0 + 1; r < r1; ++r) acc = acc + lane.load(src + r * ld + j);
+      lane.store(dst + j, lane.load(dst + j) + acc);
     });
   }
 }
 
 template <typename T>
 void activations(int64_t n, const T* x, T* sigmoid, T* tanh) {
-  for_each_lane<T>(n, [&](auto lane, int64_t i) {
-    using V = decltype(lane);
-    VecAct<V>::sigmoid(V::loadu(x + i)).store(sigmoid + i);
-    VecAct<V>::tanh(V::loadu(x + i)).store(tanh + i);
+  for_each_lane<T>(n, [&](const auto& lane, int64_t i) {
+    using V = typename std::decay_t<decltype(lane)>::V;
+    lane.store(sigmoid + i, VecAct<V>::sigmoid(lane.load(x + i)));
+    lane.store(tanh + i, VecAct<V>::tanh(lane.load(x + i)));
   });
 }
 
