@@ -42,6 +42,9 @@ namespace gru_native {
 
 // Values saved per row and hidden unit by the forward pass: r, z, n, hn.
 constexpr int kWorkspaceGates = 4;
+// Gradients the backward pass writes per row and hidden unit: [d_r | d_z | d_hn | d_n], so that
+// the first three blocks are dL/d(h W_hh^T + b_hh) and blocks 0, 1, 3 dL/d(x W_ih^T + b_ih).
+constexpr int kGradGates = 4;
 // Gate blocks in W_ih / W_hh / b_ih / b_hh.
 constexpr int kGates = 3;
 

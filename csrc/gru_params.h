@@ -52,8 +52,7 @@ struct LayerBackwardParams {
   const scalar_t* out = nullptr;                 // [R, D*H] the layer's output h_t
   const scalar_t* dout = nullptr;                // [R, D*H] dL/d(output of this layer)
   scalar_t* dh[2] = {nullptr, nullptr};          // [N, H]  dL/dh_n on entry, dL/dh0 on exit
-  scalar_t* dgi[2] = {nullptr, nullptr};         // [R, 3H] out: dL/d(x W_ih^T + b_ih)
-  scalar_t* dgh[2] = {nullptr, nullptr};         // [R, 3H] out: dL/d(h W_hh^T + b_hh)
+  scalar_t* dg[2] = {nullptr, nullptr};          // [R, 4H] out: [d_r | d_z | d_hn | d_n]
   scalar_t* hp[2] = {nullptr, nullptr};          // [R, H]  out: h_{t-1} of every row
 };
 

@@ -105,9 +105,11 @@ struct Stack {
     // outputs (two buffers in turn); with dropout, the masked input of the next layer.
     const int64_t n_lower = (!need_workspace && L > 1) ? std::min<int64_t>(L - 1, 2) : 0;
     const bool masked = dropout_mask.has_value();
-    const int64_t n_gi = D * R * kGates * H;
-    at::Tensor scratch =
-        Backend::empty({n_gi + (n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
+    // The input projections [D, R, 3H]. In training they get a block of the size of the
+    // backward's dG, so that the backward reuses it (host cache) instead of holding both.
+    const at::Tensor gi_all =
+        Backend::empty({D * R * (need_workspace ? kGradGates : kGates) * H}, opts);
+    at::Tensor scratch = Backend::empty({(n_lower + (masked ? 1 : 0)) * R * D * H}, opts);
     const at::Tensor x0 = input.contiguous();
     const at::Tensor h0 = hx.has_value() ? hx->contiguous() : at::Tensor();  // none: zeros
     std::vector<at::Tensor> w(weights.size());
@@ -116,8 +118,8 @@ struct Stack {
 
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      T* gi = ptr<T>(scratch);
-      T* lower = gi + n_gi;
+      T* gi = ptr<T>(gi_all);
+      T* lower = ptr<T>(scratch);
       T* xdrop = lower + n_lower * R * D * H;
       const T* x = ptr<T>(x0);
       for (int64_t l = 0; l < L; ++l) {
@@ -211,20 +213,23 @@ struct Stack {
     for (size_t i = 0; i < grad_weights.size(); ++i) grad_weights[i] = at::empty_like(w[i]);
     at::Tensor grad_input =
         need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
-    // Scratch: dG_i and dG_h of both directions, h_{t-1}, the gradient of the lower layer's
-    // output, and (with dropout) the recomputed masked input of the layer.
+    // Scratch, one block each (so that the host cache can hand the forward's blocks back):
+    // dG of both directions (the same size as the forward's scratch), h_{t-1}, and the gradient
+    // of the lower layer's output with (under dropout) the layer's recomputed masked input.
     const int64_t lower_rows = L > 1 ? R * D * H : 0;
-    at::Tensor scratch = Backend::empty(
-        {2 * D * R * G + D * R * H + lower_rows + (masked ? lower_rows : 0)}, opts);
+    const at::Tensor dg_all = Backend::empty({D * R * kGradGates * H}, opts);
+    const at::Tensor hp_all = Backend::empty({D * R * H}, opts);
+    const at::Tensor lower_all =
+        Backend::empty({lower_rows + (masked ? lower_rows : 0)}, opts);
 
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      T* dgi = ptr<T>(scratch);
-      T* dgh = dgi + D * R * G;
-      T* hp = dgh + D * R * G;
-      T* dlower = hp + D * R * H;
+      T* dg = ptr<T>(dg_all);
+      T* hp = ptr<T>(hp_all);
+      T* dlower = ptr<T>(lower_all);
       T* xdrop = dlower + lower_rows;
       const T* dout = ptr<T>(dout_top);
+      const int64_t ldg = kGradGates * H;
       for (int64_t l = L - 1; l >= 0; --l) {
         const int64_t Cl = g.layer_input_size(l);
         LayerBackwardParams<T> p;
@@ -238,8 +243,7 @@ struct Stack {
           p.h0[d] = h0.defined() ? ptr<T>(h0) + (l * D + d) * N * H : nullptr;
           p.ws[d] = ptr<T>(ws_c) + ((l * D + d) * R) * kWorkspaceGates * H;
           p.dh[d] = ptr<T>(grad_hx) + (l * D + d) * N * H;
-          p.dgi[d] = dgi + d * R * G;
-          p.dgh[d] = dgh + d * R * G;
+          p.dg[d] = dg + d * R * ldg;
           p.hp[d] = hp + d * R * H;
         }
         Backend::template backward_layer<T>(p);
@@ -258,26 +262,38 @@ struct Stack {
         }
         T* dx = l > 0 ? dlower : ptr<T>(grad_input);
         for (int64_t d = 0; d < D; ++d) {
+          // dG's blocks: [d_r | d_z] (both GEMMs' r and z gates), then d_hn (W_hh's n gate),
+          // then d_n (W_ih's n gate). A(m=g, k=r) = dG[r, g] for the weight gradients.
+          const T* dg_rz = p.dg[d];
+          const T* dg_in = p.dg[d] + 3 * H;
+          const T* w_ih = ptr<T>(w[g.index(l, d, 0)]);
           if (need_weight_grad) {
-            // dW_ih = dG_i^T x, dW_hh = dG_h^T h_{t-1}; A(m=g, k=r) = dG[r, g].
-            Backend::template gemm<T>(G, Cl, R, MatRef<T>{p.dgi[d], 1, G},
-                                      MatRef<T>{x, Cl, 1}, T(0),
-                                      ptr<T>(grad_weights[g.index(l, d, 0)]), Cl, nullptr);
-            Backend::template gemm<T>(G, H, R, MatRef<T>{p.dgh[d], 1, G},
+            T* dw_ih = ptr<T>(grad_weights[g.index(l, d, 0)]);
+            // dW_hh = dG_h^T h_{t-1} (dG_h = the first three blocks, contiguous).
+            Backend::template gemm<T>(G, H, R, MatRef<T>{dg_rz, 1, ldg},
                                       MatRef<T>{p.hp[d], H, 1}, T(0),
                                       ptr<T>(grad_weights[g.index(l, d, 1)]), H, nullptr);
+            // dW_ih = dG_i^T x: rows r, z from [d_r | d_z], rows n from d_n.
+            Backend::template gemm<T>(2 * H, Cl, R, MatRef<T>{dg_rz, 1, ldg},
+                                      MatRef<T>{x, Cl, 1}, T(0), dw_ih, Cl, nullptr);
+            Backend::template gemm<T>(H, Cl, R, MatRef<T>{dg_in, 1, ldg}, MatRef<T>{x, Cl, 1},
+                                      T(0), dw_ih + 2 * H * Cl, Cl, nullptr);
             if (has_biases) {
-              Backend::template column_sum<T>(R, G, p.dgi[d], G,
-                                              ptr<T>(grad_weights[g.index(l, d, 2)]));
-              Backend::template column_sum<T>(R, G, p.dgh[d], G,
+              T* db_ih = ptr<T>(grad_weights[g.index(l, d, 2)]);
+              Backend::template column_sum<T>(R, 2 * H, dg_rz, ldg, db_ih);
+              Backend::template column_sum<T>(R, H, dg_in, ldg, db_ih + 2 * H);
+              Backend::template column_sum<T>(R, G, dg_rz, ldg,
                                               ptr<T>(grad_weights[g.index(l, d, 3)]));
             }
           }
           if (need_dx) {
             // d(input) = sum over directions of dG_i W_ih.
-            Backend::template gemm<T>(R, Cl, G, MatRef<T>{p.dgi[d], G, 1},
-                                      MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), Cl, 1},
-                                      d == 0 ? T(0) : T(1), dx, Cl, nullptr);
+            Backend::template gemm<T>(R, Cl, 2 * H, MatRef<T>{dg_rz, ldg, 1},
+                                      MatRef<T>{w_ih, Cl, 1}, d == 0 ? T(0) : T(1), dx, Cl,
+                                      nullptr);
+            Backend::template gemm<T>(R, Cl, H, MatRef<T>{dg_in, ldg, 1},
+                                      MatRef<T>{w_ih + 2 * H * Cl, Cl, 1}, T(1), dx, Cl,
+                                      nullptr);
           }
         }
         if (l > 0) {

@@ -452,8 +452,8 @@ struct BackwardSlice {
     w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + j0_ + c]; });
   }
 
-  // The pointwise pass of step t for the slice: dG_i, dG_h, h_{t-1}, and the direct part of
-  // dh_{t-1} into dh.
+  // The pointwise pass of step t for the slice: dG (kGradGates blocks), h_{t-1}, and the direct
+  // part of dh_{t-1} into dh.
   void pointwise(int64_t t) {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, G = kGates * H, ld = p.D * H;
@@ -466,8 +466,7 @@ struct BackwardSlice {
       const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
       const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
       scalar_t* dh_b = p.dh[d] + b * H + j0;
-      scalar_t* dgi_b = p.dgi[d] + row * G + j0;
-      scalar_t* dgh_b = p.dgh[d] + row * G + j0;
+      scalar_t* dg_b = p.dg[d] + row * kGradGates * H + j0;
       scalar_t* hp_b = p.hp[d] + row * H + j0;
       for_each_lane<scalar_t>(width(), [&](const auto& lane, int64_t jj) {
         using V = typename std::decay_t<decltype(lane)>::V;
@@ -477,23 +476,22 @@ struct BackwardSlice {
         gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
                              load(ws_b + 2 * H), load(ws_b + 3 * H), hp, d_r, d_z, d_n, d_hn,
                              dh_prev);
-        lane.store(dgi_b + jj, d_r);
-        lane.store(dgi_b + H + jj, d_z);
-        lane.store(dgi_b + 2 * H + jj, d_n);
-        lane.store(dgh_b + jj, d_r);
-        lane.store(dgh_b + H + jj, d_z);
-        lane.store(dgh_b + 2 * H + jj, d_hn);
+        lane.store(dg_b + jj, d_r);
+        lane.store(dg_b + H + jj, d_z);
+        lane.store(dg_b + 2 * H + jj, d_hn);
+        lane.store(dg_b + 3 * H + jj, d_n);
         lane.store(dh_b + jj, dh_prev);
         lane.store(hp_b + jj, hp);
       });
     }
   }
 
-  // dh_{t-1}[:, slice] += dG_h(t) W_hh[:, slice]; needs every slice's dG_h of step t.
+  // dh_{t-1}[:, slice] += dG_h(t) W_hh[:, slice] (dG_h: dG's first three blocks); needs every
+  // slice's dG of step t.
   void gemm(int64_t t) {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H;
-    w.run(s.batch_sizes[t], p.dgh[d] + s.offsets[t] * kGates * H, kGates * H, p.dh[d] + j0, H,
+    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H, p.dh[d] + j0, H,
           true);
   }
 };
