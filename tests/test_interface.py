@@ -224,6 +224,24 @@ def test_build_info():
     assert info["version"] == gru_native.__version__
 
 
+def test_vector_code_paths_are_taken():
+    # A build for this machine (the default) must compile the CPU kernels for its SIMD units;
+    # a portable build (GRU_NATIVE_PORTABLE=1) uses at::vec's generic code.
+    info = gru_native.build_info()
+    if info["portable"]:
+        assert "-march=native" not in info["cxx_flags"]
+        return
+    assert "-march=native" in info["cxx_flags"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    if "avx2" in flags and "fma" in flags:
+        assert info["cpu_vector_isa"] in ("AVX2", "AVX512")
+
+
 class _Scale(nn.Module):
     def forward(self, w):
         return 2 * w
