@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cpu/gru_cpu.h"
+#include "cpu/host_cache.h"
 #include "cpu/kernels.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
@@ -91,8 +92,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built");
   m.def("_cpu_activations", &cpu_activations,
         "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
+  // Without the GIL while they run, like ATen ops called from Python: other Python threads
+  // (e.g. serving requests with one shared module) run meanwhile.
+  m.def("_empty_cache", &gru_native::cpu::release_cached_blocks,
+        "Frees the cached host blocks no tensor uses; returns the bytes released");
+  m.def("_cached_bytes", &gru_native::cpu::cached_bytes, "Bytes held by free cached blocks");
   m.def("_cpu_gru_forward", &gru_native::cpu_forward_direct,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
         "gru_forward's CPU implementation, called without the dispatcher");
   m.def("_cpu_gru_backward", &gru_native::cpu_backward_direct,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
         "gru_backward's CPU implementation, called without the dispatcher");
 }

@@ -9,6 +9,6 @@ one backward for the whole stack (C++ on the CPU, CUDA on NVIDIA GPUs).
 
 from ._version import __version__
 from .gru import GRU
-from .ops import build_info, gru
+from .ops import build_info, empty_cache, gru
 
-__all__ = ["GRU", "gru", "build_info", "__version__"]
+__all__ = ["GRU", "gru", "build_info", "empty_cache", "__version__"]

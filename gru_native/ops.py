@@ -20,12 +20,19 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the op library)
 
-__all__ = ["gru", "build_info"]
+__all__ = ["gru", "build_info", "empty_cache"]
 
 _ops = torch.ops.gru_native
 _forward_op = _ops.gru_forward.default
 _backward_op = _ops.gru_backward.default
 _BelowAutograd = torch._C._AutoDispatchBelowAutograd
+
+def empty_cache() -> int:
+    """Releases the host memory gru_native keeps for reuse between calls (the large internal
+    buffers of the CPU ops: workspace, scratch) that no tensor is using; returns the bytes
+    released. Like torch.cuda.empty_cache(), only needed to hand memory back to the system."""
+    return int(_C._empty_cache())
+
 
 def build_info() -> dict:
     """How the extension was built: torch version (built against / running), whether the CUDA
