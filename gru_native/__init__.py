@@ -8,7 +8,11 @@ one backward for the whole stack (C++ on the CPU, CUDA on NVIDIA GPUs).
 """
 
 from ._version import __version__
-from .gru import GRU
-from .ops import build_info, empty_cache, gru
+from .convert import convert, to_torch
+from .gru import GRU, GRUCell
+from .ops import build_info, empty_cache, gru, gru_cell
 
-__all__ = ["GRU", "gru", "build_info", "empty_cache", "__version__"]
+__all__ = [
+    "GRU", "GRUCell", "convert", "to_torch", "gru", "gru_cell", "build_info", "empty_cache",
+    "__version__",
+]

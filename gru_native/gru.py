@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
-__all__ = ["GRU"]
+__all__ = ["GRU", "GRUCell"]
 
 
 class GRU(nn.RNNBase):
@@ -211,3 +211,51 @@ class GRU(nn.RNNBase):
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)
         return output, hidden
+
+
+class GRUCell(nn.RNNCellBase):
+    r"""__init__(input_size, hidden_size, bias=True, device=None, dtype=None)
+
+    One gated recurrent unit step, with exactly the interface of :class:`torch.nn.GRUCell`
+    (constructor, parameters ``weight_ih [3H, C]``, ``weight_hh [3H, H]``, ``bias_ih``,
+    ``bias_hh`` (None when ``bias=False``), initialisation, 1-D or 2-D input, errors), computed
+    by the fused gru_native ops: one op call forward, one backward::
+
+        r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    Inputs: input ``(N, C)`` or ``(C)``; hidden ``(N, H)`` or ``(H)``, zeros if not given.
+    Output: h' ``(N, H)`` or ``(H)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device,
+                         dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        # nn.GRUCell.forward's steps and messages.
+        if input.dim() not in (1, 2):
+            raise ValueError(
+                f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead"
+            )
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(
+                f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead"
+            )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        else:
+            hx = hx.unsqueeze(0) if not is_batched else hx
+        ret = ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                           self.bias_hh)
+        if not is_batched:
+            ret = ret.squeeze(0)
+        return ret

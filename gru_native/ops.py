@@ -139,7 +139,41 @@ def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirecti
     )
 
 
+def _differentiable_backward(saved, grad_output, grad_hy, has_biases, num_layers,
+                             bidirectional):
+    """The backward for create_graph=True (double backward, gradient penalties): the fused
+    backward op is not itself differentiable, so the gradients are computed by autograd through
+    the plain-PyTorch reference (gru_native._reference), which is differentiable to any order.
+    Slow, and only used when a graph of the backward is asked for."""
+    from ._reference import gru_reference
+
+    (input, hx, _out, _workspace, _lower, batch_sizes, dropout_mask, *weights) = saved
+    with torch.enable_grad():
+        D = 2 if bidirectional else 1
+        N = input.size(1) if batch_sizes is None else int(batch_sizes[0])
+        h0 = hx if hx is not None else input.new_zeros(num_layers * D, N, weights[1].size(1))
+        out, hy = gru_reference(input, h0, weights, has_biases, num_layers, bidirectional,
+                                None if batch_sizes is None else batch_sizes.tolist(),
+                                dropout_mask)
+        pairs = [(t, g) for t, g in ((out, grad_output), (hy, grad_hy)) if g is not None]
+        candidates = [input] + ([hx] if hx is not None else []) + list(weights)
+        wanted = [t for t in candidates if t.requires_grad]
+        grads = iter(torch.autograd.grad([p[0] for p in pairs], wanted, [p[1] for p in pairs],
+                                         create_graph=True, allow_unused=True) if wanted and pairs
+                     else [None] * len(wanted))
+        result = [next(grads) if t.requires_grad else None for t in candidates]
+    grad_input = result[0]
+    grad_hx = result[1] if hx is not None else None
+    grad_weights = result[2 if hx is not None else 1:]
+    return grad_input, grad_hx, grad_weights
+
+
 def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
+    if torch.is_grad_enabled():
+        grad_input, grad_hx, grad_weights = _differentiable_backward(
+            ctx.saved_tensors, grad_output, grad_hy, ctx.has_biases, ctx.num_layers,
+            ctx.bidirectional)
+        return grad_input, grad_hx, grad_weights, None, None, None, None, None, None
     grad_input, grad_hx, grad_weights = _run_backward(
         ctx.saved_tensors, grad_output, grad_hy, ctx.has_biases, ctx.num_layers,
         ctx.bidirectional, ctx.need_input_grad, ctx.need_weight_grad,
@@ -186,6 +220,10 @@ class _EagerGRU(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hy):
         need = ctx.needs_input_grad
         saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            grad_input, grad_hx, grad_weights = _differentiable_backward(
+                saved, grad_output, grad_hy, *ctx.args)
+            return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
         device_type = saved[0].device.type
         with _BelowAutograd():
             grad_input, grad_hx, grad_weights = _run_backward(
@@ -207,8 +245,10 @@ def _plain_eager(tensors) -> bool:
     """Not compiling, tracing, under a functorch transform or a dispatch mode, and no tensor
     subclass with __torch_function__ among the arguments: the ops may then be called below
     their autograd layer, and on the CPU without the dispatcher."""
+    if _is_compiling():  # first: Dynamo folds it to True and traces nothing else here
+        return False
     return not (_dispatch_stack_len() or _has_torch_function(tensors) or _tracing_state()
-                or _functorch_active() or _is_compiling())
+                or _functorch_active())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,15 +285,40 @@ def _dropout_mask(
 
 
 _warned_fallback = set()
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _has_kernel(device: torch.device) -> bool:
-    if device.type in ("cpu", "meta"):
+def _has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this build has gru_native kernels for the device and dtype."""
+    if device.type == "cpu":
+        return dtype in _CPU_DTYPES
+    if device.type == "meta":
         return True
-    key = {"cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "gru_native::gru_forward", key
-    )
+    return (device.type == "cuda" and dtype in _CUDA_DTYPES
+            and torch._C._dispatch_has_kernel_for_dispatch_key("gru_native::gru_forward", "CUDA"))
+
+
+def _warn_fallback(device: torch.device, dtype: torch.dtype) -> None:
+    if (device.type, dtype) not in _warned_fallback:
+        _warned_fallback.add((device.type, dtype))
+        warnings.warn(
+            f"gru_native has no {device.type} kernels for {dtype} in this build; using torch's "
+            "own GRU implementation there (the same math, at torch's speed)",
+            stacklevel=4,
+        )
+
+
+def _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+               batch_first, batch_sizes):
+    """torch's own implementation (what nn.GRU calls), same arguments as `gru`."""
+    if batch_sizes is None:
+        if hx is None:
+            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
+        return torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                             bidirectional, batch_first)
+    return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                         train, bidirectional)
 
 
 def _zeros_hidden(input, weights, num_layers, bidirectional, batch_first):
@@ -300,28 +365,25 @@ def gru(
                           train, bidirectional)
         raise TypeError("gru_native: has_biases, train, bidirectional and batch_first must be "
                         "bools")
+    if torch.onnx.is_in_onnx_export():
+        # Exporting to ONNX: nn.GRU's own op, which both of torch's ONNX exporters translate
+        # to ONNX's GRU operator (linear_before_reset=1), so the exported model is nn.GRU's.
+        return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, batch_sizes)
     device = input.device
     plain = _plain_eager((input, hx, *weights))
-    if not (plain and device.type == "cpu"):
+    if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
         # Through the dispatcher, mixed devices would pick one device's kernel (a Meta input
         # would even get the fake kernel): check first, as ATen's check_attributes does. (The
         # kernels check again, and so does the direct CPU call.)
         _check_attributes(input, hx, weights)
-    if device.type != "cpu" and not _has_kernel(device):
-        if input.device.type not in _warned_fallback:
-            _warned_fallback.add(input.device.type)
-            warnings.warn(
-                f"gru_native has no kernels for device '{input.device.type}' in this build; "
-                "using torch's own GRU implementation there",
-                stacklevel=3,
-            )
-        if batch_sizes is None:
-            if hx is None:
-                hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
-            return torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
-                                 bidirectional, batch_first)
-        return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                             train, bidirectional)
+    if not _has_kernel(device, input.dtype):
+        # No kernel here (e.g. float16 on the CPU, where nn.GRU runs, or under CPU autocast
+        # with a bfloat16 input): torch's own implementation, so that nothing nn.GRU runs
+        # fails.
+        _warn_fallback(device, input.dtype)
+        return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, batch_sizes)
 
     if batch_sizes is None and batch_first:
         input = input.transpose(0, 1)
@@ -358,3 +420,35 @@ def gru(
     if batch_sizes is None and batch_first:
         output = output.transpose(0, 1)
     return output, hy
+
+
+def gru_cell(
+    input: Tensor,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+) -> Tensor:
+    """One GRU step, the arguments of ``torch._VF.gru_cell``: input [N, C], hx [N, H] ->
+    h' [N, H]. A one-step, one-layer run of the fused ops (one forward op, one backward op).
+    Anything the fused path does not take as it is (inconsistent shapes, dtypes or devices, a
+    dtype without a kernel) goes to torch's own cell, which raises nn.GRUCell's errors or
+    computes nn.GRUCell's result."""
+    has_biases = b_ih is not None
+    H = hx.size(1) if hx.dim() == 2 else -1
+    ok = (
+        input.dim() == 2 and hx.dim() == 2 and (b_hh is not None) == has_biases
+        and input.size(1) == w_ih.size(1) and input.size(0) == hx.size(0)
+        and w_hh.size(1) == H and w_ih.dim() == 2 and w_hh.dim() == 2
+        and w_ih.size(0) == 3 * H and w_hh.size(0) == 3 * H
+        and (not has_biases or (b_ih.shape == (3 * H,) and b_hh.shape == (3 * H,)))
+        and _has_kernel(input.device, input.dtype)
+    )
+    weights = [w_ih, w_hh] + ([b_ih, b_hh] if has_biases else [])
+    if ok:
+        ok = all(t.dtype == input.dtype and t.device == input.device for t in [hx] + weights)
+    if not ok or torch.onnx.is_in_onnx_export():
+        return torch._VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    _, hy = gru(input.unsqueeze(0), hx.unsqueeze(0), weights, has_biases, 1, 0.0, False, False)
+    return hy[0]

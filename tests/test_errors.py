@@ -139,7 +139,24 @@ def test_empty_batch_works_like_nn_gru(bidirectional, batch_first):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_unsupported_cpu_dtype_names_it(dtype):
-    m = gru_native.GRU(4, 3).to(dtype)
+def test_unsupported_cpu_dtype_op_names_it(dtype):
+    ws = [w.to(dtype) for w in nn.GRU(4, 3)._flat_weights]
     with pytest.raises(RuntimeError, match=f"do not support dtype {dtype}"):
-        m(torch.randn(5, 2, 4, dtype=dtype))
+        torch.ops.gru_native.gru_forward(torch.randn(5, 2, 4, dtype=dtype), None, ws, None,
+                                         None, True, 1, False, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_unsupported_cpu_dtype_module_runs_like_nn_gru(dtype):
+    # The CPU kernels take float32 and float64; for other dtypes the module runs torch's own
+    # implementation (with a warning), so that what nn.GRU runs still runs, with its results.
+    torch.manual_seed(0)
+    ref = nn.GRU(4, 3, 2, bidirectional=True).to(dtype)
+    ours = gru_native.GRU(4, 3, 2, bidirectional=True).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4, dtype=dtype)
+    with pytest.warns(UserWarning, match="no cpu kernels"):
+        gru_native.ops._warned_fallback.clear()
+        out, h = ours(x)
+    out_r, h_r = ref(x)
+    assert out.dtype == dtype and torch.equal(out, out_r) and torch.equal(h, h_r)
