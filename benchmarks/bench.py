@@ -7,6 +7,7 @@ peer median / gru_native median ("x faster" when > 1).
     python benchmarks/bench.py                        # canonical dense shapes and packed cases
     python benchmarks/bench.py --shapes seed,small --modes inference
     python benchmarks/bench.py --json results.json    # also write the numbers
+    python benchmarks/bench.py --plot speedup.png     # speedup against hidden size and batch
 
 Dense shapes are (T, N, C, H, layers, direction). When onnxruntime and onnx are installed
 (`pip install onnx onnxruntime`), ONNX Runtime's GRU operator joins dense float32 inference as a
@@ -281,7 +282,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min-rounds", type=int, default=5)
     parser.add_argument("--max-rounds", type=int, default=500)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="instead of the canonical shapes, sweep the hidden size and the "
+                             "batch and draw speedup curves (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.plot:
+        return sweep(args)
 
     dtype = getattr(torch, args.dtype)
     by_name = {s.name: s for s in ALL_SHAPES}
@@ -321,6 +327,65 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "device": args.device, "dtype": args.dtype,
                        "torch": torch.__version__, "gru_native": gru_native.build_info(),
                        "command": "python " + " ".join(sys.argv), "rows": rows}, f, indent=2)
+    return 0
+
+
+SWEEP_H = (32, 64, 128, 256, 512, 1024)
+SWEEP_N = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def sweep(args) -> int:
+    """Speedup against hidden size (T=50, N=32, C=H) and against batch (T=50, C=H=256), one
+    layer, unidirectional, inference and training; prints every point as it is measured."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    modes = args.modes.split(",")
+    axes = {
+        "hidden size H (T=50, N=32, C=H)": [Shape(f"H={h}", 50, 32, h, h, 1, False)
+                                           for h in SWEEP_H],
+        "batch N (T=50, C=H=256)": [Shape(f"N={n}", 50, n, 256, 256, 1, False)
+                                    for n in SWEEP_N],
+    }
+    total = sum(len(v) for v in axes.values()) * len(modes)
+    done = 0
+    points = {}
+    print(f"# speedup sweep, {args.device}, {args.dtype}; {machine_description(args.device)}; "
+          f"{time.strftime('%Y-%m-%d')}")
+    for axis, shapes in axes.items():
+        for shape in shapes:
+            for mode in modes:
+                result = measure(build_case(shape, mode, args.device, dtype), args.device,
+                                 args.budget, args.min_rounds, args.max_rounds)
+                speedup = result[REFERENCE]["median_s"] / result[OURS]["median_s"]
+                points.setdefault((axis, mode), []).append(speedup)
+                done += 1
+                print(f"[{done}/{total}] {axis.split(' (')[0]}: {shape.name:<7} {mode:<9} "
+                      f"nn.GRU {_fmt_time(result[REFERENCE]['median_s'])}  gru_native "
+                      f"{_fmt_time(result[OURS]['median_s'])}  {speedup:.2f}x", flush=True)
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
+    for panel, (axis, shapes) in zip(panels, axes.items()):
+        xs = [s.H if axis.startswith("hidden") else s.N for s in shapes]
+        for mode in modes:
+            panel.plot(xs, points[(axis, mode)], marker="o", label=mode)
+        panel.axhline(1.0, color="grey", linewidth=0.8)
+        panel.set_xscale("log", base=2)
+        panel.set_xlabel(axis)
+        panel.set_ylabel("speedup vs torch.nn.GRU")
+        panel.legend()
+    fig.suptitle(f"gru_native vs torch.nn.GRU, {args.device} {args.dtype} "
+                 f"({machine_description(args.device)})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{axis} | {mode}": v for (axis, mode), v in points.items()}, f, indent=2)
     return 0
 
 

@@ -363,3 +363,13 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, dynamo):
         expected = model(x)
     for a, b in zip(got, expected):
         assert_close(torch.from_numpy(a), b, "ONNX Runtime", torch.float32, 1e-5, 1e-4)
+
+
+# -- the example -----------------------------------------------------------------------------
+
+
+def test_char_lm_example_ten_steps(capsys):
+    from gru_native.examples import char_lm
+    assert char_lm.run(steps=10, seq_len=32, batch=8, tolerance=1e-5) == 0
+    out = capsys.readouterr().out
+    assert "time per step" in out and "largest relative difference" in out

@@ -1,0 +1,1 @@
+"""Examples: python -m gru_native.examples.char_lm"""
