@@ -77,8 +77,12 @@ def get_extensions():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("GRU_NATIVE_WITH_CUDA", "1"))
-        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") or "torch default (visible GPU)"
-        nvcc = opt[:1] + ["-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+        try:  # the -gencode flags torch will use (TORCH_CUDA_ARCH_LIST, or the visible GPU)
+            from torch.utils.cpp_extension import _get_cuda_arch_flags
+            arch_list = " ".join(_get_cuda_arch_flags())
+        except Exception:  # private helper: fall back to what the user asked for
+            arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") or "torch default"
+        nvcc = opt[:1] + ["-lineinfo", "--expt-relaxed-constexpr"]
         info = [
             _text_define("GRU_NATIVE_CXX_FLAGS", " ".join(cxx)),
             _text_define("GRU_NATIVE_NVCC_FLAGS", " ".join(nvcc)),

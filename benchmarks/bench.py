@@ -276,7 +276,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="comma-separated shape names (default: all)")
     parser.add_argument("--modes", default=",".join(MODES), help="inference,training")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "float16", "bfloat16"],
+                        help="half types on CUDA only")
+    parser.add_argument("--grid", choices=["canonical", "gpu"], default="canonical",
+                        help="gpu: batch 1/8/64/256 x H 128/256/512/1024 x 1-2 layers x "
+                             "uni/bi at T=200 (C=H)")
     parser.add_argument("--budget", type=float, default=3.0,
                         help="seconds of timing per shape and mode (default 3)")
     parser.add_argument("--min-rounds", type=int, default=5)
@@ -290,11 +295,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return sweep(args)
 
     dtype = getattr(torch, args.dtype)
-    by_name = {s.name: s for s in ALL_SHAPES}
-    unknown = [n for n in args.shapes.split(",") if n not in by_name]
-    if unknown:
-        parser.error(f"unknown shapes {unknown}; known: {list(by_name)}")
-    shapes = [by_name[n] for n in args.shapes.split(",")]
+    if args.grid == "gpu":
+        shapes = [Shape(f"B{n}-H{h}-L{l}-{'bi' if bi else 'uni'}", 200, n, h, h, l, bi)
+                  for n in (1, 8, 64, 256) for h in (128, 256, 512, 1024)
+                  for l in (1, 2) for bi in (False, True)]
+    else:
+        by_name = {s.name: s for s in ALL_SHAPES}
+        unknown = [n for n in args.shapes.split(",") if n not in by_name]
+        if unknown:
+            parser.error(f"unknown shapes {unknown}; known: {list(by_name)}")
+        shapes = [by_name[n] for n in args.shapes.split(",")]
     modes = args.modes.split(",")
     if args.device.startswith("cuda"):
         torch.backends.cudnn.allow_tf32 = False

@@ -25,7 +25,8 @@ struct StepSchedule {
 
 // One layer, all its directions, forward. Direction 0 runs t = 0..T-1, direction 1 (reverse)
 // runs t = T-1..0; every row starts from its own h0 row (packed semantics, SPEC 1.5).
-template <typename scalar_t>
+// ws_t is the workspace's element type: scalar_t, or float for the half types on the GPU.
+template <typename scalar_t, typename ws_t = scalar_t>
 struct LayerForwardParams {
   StepSchedule steps;
   int64_t H = 0;
@@ -36,19 +37,19 @@ struct LayerForwardParams {
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
   scalar_t* hy[2] = {nullptr, nullptr};          // [N, H]  out: h_n (not aliasing h0)
-  scalar_t* ws[2] = {nullptr, nullptr};          // [R, 4H] [r|z|n|hn], nullptr: do not save
+  ws_t* ws[2] = {nullptr, nullptr};              // [R, 4H] [r|z|n|hn], nullptr: do not save
   scalar_t* out = nullptr;                       // [R, D*H], direction d owns columns d*H..
 };
 
 // One layer, all its directions, backward through time.
-template <typename scalar_t>
+template <typename scalar_t, typename ws_t = scalar_t>
 struct LayerBackwardParams {
   StepSchedule steps;
   int64_t H = 0;
   int D = 1;
   const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
   const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
-  const scalar_t* ws[2] = {nullptr, nullptr};    // [R, 4H] saved by the forward
+  const ws_t* ws[2] = {nullptr, nullptr};        // [R, 4H] saved by the forward
   const scalar_t* out = nullptr;                 // [R, D*H] the layer's output h_t
   const scalar_t* dout = nullptr;                // [R, D*H] dL/d(output of this layer)
   scalar_t* dh[2] = {nullptr, nullptr};          // [N, H]  dL/dh_n on entry, dL/dh0 on exit

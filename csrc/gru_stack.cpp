@@ -152,7 +152,8 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
 }
 
 void check_backward_args(const Geometry& g, const at::Tensor& input, const at::Tensor& output,
-                         const at::Tensor& workspace, const at::Tensor& layer_outputs) {
+                         const at::Tensor& workspace, const at::Tensor& layer_outputs,
+                         at::ScalarType workspace_dtype) {
   const int64_t R = g.steps.R, H = g.H, D = g.D, L = g.L;
   TORCH_CHECK(workspace.dim() == 4 && workspace.size(0) == L && workspace.size(1) == D &&
                   workspace.size(2) == R && workspace.size(3) == kWorkspaceGates * H,
@@ -163,7 +164,9 @@ void check_backward_args(const Geometry& g, const at::Tensor& input, const at::T
                          layer_outputs.size(1) == R && layer_outputs.size(2) == D * H),
               "gru_native: layer_outputs has shape ", layer_outputs.sizes(), ", expected [", L - 1,
               ", ", R, ", ", D * H, "]");
-  check_same(input, workspace, "workspace");
+  TORCH_CHECK(workspace.device() == input.device() && workspace.scalar_type() == workspace_dtype,
+              "gru_native: the workspace is a ", workspace.scalar_type(), " tensor on ",
+              workspace.device(), ", expected ", workspace_dtype, " on ", input.device());
   check_same(input, output, "output");
   TORCH_CHECK(output.numel() == R * D * H, "gru_native: output has shape ", output.sizes(),
               ", expected ", R * D * H, " elements");

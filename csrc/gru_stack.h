@@ -14,6 +14,8 @@
 //   column_sum<T>(rows, cols, src, ld, dst)      in a fixed order (bitwise reproducible)
 //   multiply<T>(n, a, b, out)                    out = a * b elementwise
 //   empty(sizes, options)                        an internal tensor (workspace, scratch)
+//   workspace_dtype(dtype)                       the saved gates' dtype for this input dtype
+//   Workspace<T>::type                           its C++ type
 // and does all its work on the current device and stream of the tensors it is given.
 #pragma once
 
@@ -60,7 +62,8 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
                        int64_t num_layers, bool bidirectional);
 
 void check_backward_args(const Geometry& g, const at::Tensor& input, const at::Tensor& output,
-                         const at::Tensor& workspace, const at::Tensor& layer_outputs);
+                         const at::Tensor& workspace, const at::Tensor& layer_outputs,
+                         at::ScalarType workspace_dtype);
 
 template <typename T>
 inline T* ptr(const at::Tensor& t) {
@@ -98,7 +101,10 @@ struct Stack {
     at::Tensor hy = at::empty({L * D, N, H}, opts);
     // Undefined when not needed: the op returns them as empty tensors (op_forward below).
     at::Tensor workspace =
-        need_workspace ? Backend::empty({L, D, R, kWorkspaceGates * H}, opts) : at::Tensor();
+        need_workspace
+            ? Backend::empty({L, D, R, kWorkspaceGates * H},
+                             opts.dtype(Backend::workspace_dtype(input.scalar_type())))
+            : at::Tensor();
     at::Tensor layer_outputs =
         (need_workspace && L > 1) ? Backend::empty({L - 1, R, D * H}, opts) : at::Tensor();
     // Scratch: the input projections of both directions, and for inference the lower layers'
@@ -118,13 +124,14 @@ struct Stack {
 
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
+      using W = typename Backend::template Workspace<T>::type;
       T* gi = ptr<T>(gi_all);
       T* lower = ptr<T>(scratch);
       T* xdrop = lower + n_lower * R * D * H;
       const T* x = ptr<T>(x0);
       for (int64_t l = 0; l < L; ++l) {
         const int64_t Cl = g.layer_input_size(l);
-        LayerForwardParams<T> p;
+        LayerForwardParams<T, W> p;
         p.steps = g.steps;
         p.H = H;
         p.D = static_cast<int>(D);
@@ -141,7 +148,7 @@ struct Stack {
           p.b_hh[d] = has_biases ? ptr<T>(w[g.index(l, d, 3)]) : nullptr;
           p.h0[d] = h0.defined() ? ptr<T>(h0) + (l * D + d) * N * H : nullptr;
           p.hy[d] = ptr<T>(hy) + (l * D + d) * N * H;
-          p.ws[d] = need_workspace ? ptr<T>(workspace) + ((l * D + d) * R) * kWorkspaceGates * H
+          p.ws[d] = need_workspace ? ptr<W>(workspace) + ((l * D + d) * R) * kWorkspaceGates * H
                                    : nullptr;
         }
         if (l == L - 1) {
@@ -189,7 +196,8 @@ struct Stack {
       bool need_weight_grad) {
     const Geometry g = make_geometry(info(input), input, hx, weights, batch_sizes, dropout_mask,
                                      has_biases, num_layers, bidirectional);
-    check_backward_args(g, input, output, workspace, layer_outputs);
+    check_backward_args(g, input, output, workspace, layer_outputs,
+                        Backend::workspace_dtype(input.scalar_type()));
     const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L, G = kGates * H;
     const auto opts = input.options();
     const bool has_gout = grad_output.has_value() && grad_output->defined();
@@ -224,6 +232,7 @@ struct Stack {
 
     Backend::dispatch(input.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
+      using W = typename Backend::template Workspace<T>::type;
       T* dg = ptr<T>(dg_all);
       T* hp = ptr<T>(hp_all);
       T* dlower = ptr<T>(lower_all);
@@ -232,7 +241,7 @@ struct Stack {
       const int64_t ldg = kGradGates * H;
       for (int64_t l = L - 1; l >= 0; --l) {
         const int64_t Cl = g.layer_input_size(l);
-        LayerBackwardParams<T> p;
+        LayerBackwardParams<T, W> p;
         p.steps = g.steps;
         p.H = H;
         p.D = static_cast<int>(D);
@@ -241,7 +250,7 @@ struct Stack {
         for (int64_t d = 0; d < D; ++d) {
           p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
           p.h0[d] = h0.defined() ? ptr<T>(h0) + (l * D + d) * N * H : nullptr;
-          p.ws[d] = ptr<T>(ws_c) + ((l * D + d) * R) * kWorkspaceGates * H;
+          p.ws[d] = ptr<W>(ws_c) + ((l * D + d) * R) * kWorkspaceGates * H;
           p.dh[d] = ptr<T>(grad_hx) + (l * D + d) * N * H;
           p.dg[d] = dg + d * R * ldg;
           p.hp[d] = hp + d * R * H;

@@ -75,7 +75,10 @@ def _gru_forward_fake(
         output = input.new_empty((R, D * H))
     hy = input.new_empty((num_layers * D, N, H))
     if need_workspace:
-        workspace = input.new_empty((num_layers, D, R, 4 * H))
+        # The saved gates are float32 for half inputs on the GPU (the kernels' math type).
+        ws_dtype = (torch.float32 if input.device.type == "cuda"
+                    and input.dtype in (torch.float16, torch.bfloat16) else input.dtype)
+        workspace = input.new_empty((num_layers, D, R, 4 * H), dtype=ws_dtype)
         layer_outputs = input.new_empty((num_layers - 1, R, D * H) if num_layers > 1 else (0,))
     else:
         workspace = input.new_empty((0,))
@@ -309,6 +312,22 @@ def _warn_fallback(device: torch.device, dtype: torch.dtype) -> None:
         )
 
 
+def _cuda_autocast_dtype() -> Optional[torch.dtype]:
+    """The CUDA autocast dtype when CUDA autocast is on, else None."""
+    try:
+        if not torch.is_autocast_enabled("cuda"):
+            return None
+        return torch.get_autocast_dtype("cuda")
+    except TypeError:  # torch < 2.4 spells these differently
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _cast_for_autocast(dtype, input, hx, weights):
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+    return cast(input), cast(hx), [cast(w) for w in weights]
+
+
 def _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
                batch_first, batch_sizes):
     """torch's own implementation (what nn.GRU calls), same arguments as `gru`."""
@@ -371,6 +390,10 @@ def gru(
         return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, batch_sizes)
     device = input.device
+    if device.type == "cuda" and _cuda_autocast_dtype() is not None:
+        # nn.GRU under CUDA autocast (cuDNN's autocast wrapper) runs in the autocast dtype:
+        # input, h0 and weights cast to it, outputs in it.
+        input, hx, weights = _cast_for_autocast(_cuda_autocast_dtype(), input, hx, weights)
     plain = _plain_eager((input, hx, *weights))
     if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
         # Through the dispatcher, mixed devices would pick one device's kernel (a Meta input

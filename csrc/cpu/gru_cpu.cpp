@@ -24,6 +24,13 @@ struct CpuBackend {
 
   static bool supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
+  // The saved gates keep the input's dtype.
+  static at::ScalarType workspace_dtype(at::ScalarType t) { return t; }
+  template <typename T>
+  struct Workspace {
+    using type = T;
+  };
+
   // nn.GRU on the CPU: a mismatched h0 first meets W_hh in the recurrent addmm (bias) or mm
   // (no bias), whose messages these are.
   static void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool has_biases) {

@@ -1,0 +1,189 @@
+"""The CUDA kernels: parity with torch.nn.GRU (cuDNN, TF32 off) and the float64 CPU reference on
+both recurrence paths (GEMM and persistent), half types against nn.GRU's own error, gradcheck,
+determinism, module moves, device errors, autocast. Skipped cleanly without a GPU or without
+gru_native's CUDA kernels; every capability check happens inside the tests."""
+
+import itertools
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gru_native
+from gru_native._reference import module_reference
+
+from _util import assert_close, make_pair
+
+
+def _cuda_ok():
+    return torch.cuda.is_available() and gru_native.build_info()["cuda"]
+
+
+pytestmark = pytest.mark.skipif(not _cuda_ok(),
+                                reason="no GPU, or gru_native built without CUDA kernels")
+
+PATHS = ["gemm", "persistent"]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    monkeypatch.setenv("GRU_NATIVE_CUDA_PATH", request.param)
+    return request.param
+
+
+GRID = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False],
+                              [True, False]))
+
+
+def _run(m, x, h0):
+    x = x.detach().clone().requires_grad_()
+    h0 = None if h0 is None else h0.detach().clone().requires_grad_()
+    out, h = m(x, h0)
+    g_out = torch.randn_like(out)
+    g_h = torch.randn_like(h)
+    inputs = [x] + ([h0] if h0 is not None else []) + list(m.parameters())
+    return out, h, torch.autograd.grad([out, h], inputs, [g_out, g_h])
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layers, bi, batch_first, bias, with_h0", GRID, ids=[
+    f"L{l}-{'bi' if b else 'uni'}-{'bf' if f else 'tm'}-{'bias' if s else 'nobias'}-"
+    f"{'h0' if h else 'noh0'}" for l, b, f, s, h in GRID])
+def test_cuda_parity(layers, bi, batch_first, bias, with_h0, dtype, path):
+    D = 2 if bi else 1
+    ref, ours = make_pair(5, 8, layers, bias=bias, batch_first=batch_first, bidirectional=bi,
+                          dtype=dtype, device="cuda")
+    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device="cuda")
+    h0 = torch.randn(layers * D, 3, 8, dtype=dtype, device="cuda") if with_h0 else None
+    torch.manual_seed(1)
+    r = _run(ref, x, h0)
+    torch.manual_seed(1)
+    o = _run(ours, x, h0)
+    assert_close(o[0], r[0], "output")
+    assert_close(o[1], r[1], "h_n")
+    for a, b in zip(o[2], r[2]):
+        assert_close(a, b, "grad")
+    # And the float64 CPU reference.
+    cpu = gru_native.GRU(5, 8, layers, bias=bias, batch_first=batch_first, bidirectional=bi,
+                         dtype=torch.float64)
+    cpu.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    out64, h64 = module_reference(cpu, x.double().cpu(),
+                                  None if h0 is None else h0.double().cpu())
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert_close(o[0].cpu(), out64, "vs float64 reference", dtype, tol, tol)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("sort", [True, False], ids=["sorted", "unsorted"])
+def test_cuda_packed_parity(bi, sort, path):
+    ref, ours = make_pair(5, 8, 2, bidirectional=bi, dtype=torch.float64, device="cuda")
+    lengths = [7, 1, 4, 7, 2]
+    if sort:
+        lengths = sorted(lengths, reverse=True)
+    x = torch.randn(7, 5, 5, dtype=torch.float64, device="cuda")
+    results = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, h = m(pack_padded_sequence(xi, lengths, enforce_sorted=sort))
+        grads = torch.autograd.grad(out.data.pow(2).sum() + h.sum(), [xi] + list(m.parameters()))
+        results.append((out.data, h, grads))
+    for a, b in zip(results[1][:2], results[0][:2]):
+        assert_close(a, b, "packed")
+    for a, b in zip(results[1][2], results[0][2]):
+        assert_close(a, b, "packed grad")
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_cuda_half_types_error_at_most_twice_nn_gru(dtype, path):
+    torch.manual_seed(0)
+    ref64 = nn.GRU(32, 64, 2, bidirectional=True, dtype=torch.float64)
+    x64 = torch.randn(20, 4, 32, dtype=torch.float64)
+    with torch.no_grad():
+        truth, _ = ref64(x64)
+    ref = nn.GRU(32, 64, 2, bidirectional=True).to("cuda", dtype)
+    ref.load_state_dict(ref64.state_dict())
+    ours = gru_native.GRU(32, 64, 2, bidirectional=True).to("cuda", dtype)
+    ours.load_state_dict(ref64.state_dict())
+    x = x64.to("cuda", dtype)
+    with torch.no_grad():
+        err_ref = (ref(x)[0].double().cpu() - truth).abs().max().item()
+        err_ours = (ours(x)[0].double().cpu() - truth).abs().max().item()
+    assert err_ours <= 2 * err_ref + 1e-6, (err_ours, err_ref)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_cuda_gradcheck(path):
+    torch.manual_seed(0)
+    m = gru_native.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, device="cuda")
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+
+    def f(x, *w):
+        return torch.func.functional_call(m, dict(zip(names, w)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *m.parameters()))
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_cuda_bitwise_deterministic(path):
+    torch.manual_seed(0)
+    m = gru_native.GRU(32, 64, 2, bidirectional=True, device="cuda")
+    x = torch.randn(30, 8, 32, device="cuda")
+    runs = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_()
+        out, h = m(xi)
+        runs.append([out, h] + list(torch.autograd.grad(out.sum() + h.pow(2).sum(),
+                                                        [xi] + list(m.parameters()))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_cuda_module_moves():
+    torch.manual_seed(0)
+    m = gru_native.GRU(4, 6, 2)
+    x = torch.randn(5, 3, 4)
+    expected, _ = m(x)
+    for moved in (m.cuda(), m.to("cuda"), m.to(torch.device("cuda", 0))):
+        out, _ = moved(x.cuda())
+        assert out.is_cuda
+        assert_close(out.cpu(), expected, "moved")
+    half = gru_native.GRU(4, 6, 2).cuda().half()
+    assert half(x.cuda().half())[0].dtype == torch.float16
+
+
+def test_cuda_wrong_device_raises_nn_gru_error():
+    from test_errors import assert_same_error
+
+    def make(cls):
+        def call():
+            m = cls(4, 3).cuda()
+            return m(torch.randn(5, 2, 4, device="cuda"), torch.zeros(1, 2, 3))
+        return call
+    assert_same_error(make)
+
+
+def test_cuda_autocast_output_dtype_like_nn_gru():
+    ref, ours = make_pair(4, 6, 2, device="cuda")
+    x = torch.randn(5, 3, 4, device="cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            out_r, h_r = ref(x)
+            out_o, h_o = ours(x)
+        assert out_o.dtype == out_r.dtype and h_o.dtype == h_r.dtype
+
+
+def test_cuda_persistent_path_is_reachable():
+    from gru_native import _C  # noqa: F401
+    os.environ["GRU_NATIVE_CUDA_PATH"] = "persistent"
+    try:
+        m = gru_native.GRU(16, 32, device="cuda")
+        out, _ = m(torch.randn(10, 2, 16, device="cuda"))
+        assert out.shape == (10, 2, 32)
+    finally:
+        del os.environ["GRU_NATIVE_CUDA_PATH"]
