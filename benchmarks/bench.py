@@ -196,6 +196,24 @@ def onnxruntime_runner(ref: nn.GRU, x: torch.Tensor) -> Optional[Callable[[], No
     return run
 
 
+CUDA_PATHS = ("gemm", "persistent")
+
+
+def _with_cuda_path(fn: Callable[[], None], path: str) -> Callable[[], None]:
+    """fn run with GRU_NATIVE_CUDA_PATH=path (read by the CUDA ops on every call)."""
+    def run():
+        old = os.environ.get("GRU_NATIVE_CUDA_PATH")
+        os.environ["GRU_NATIVE_CUDA_PATH"] = path
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ["GRU_NATIVE_CUDA_PATH"]
+            else:
+                os.environ["GRU_NATIVE_CUDA_PATH"] = old
+    return run
+
+
 def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case:
     torch.manual_seed(0)
     ref = nn.GRU(shape.C, shape.H, shape.layers, bidirectional=shape.bidirectional,
@@ -208,6 +226,16 @@ def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype) -> Case
     if shape.lengths is None:
         case.fns[REFERENCE] = _runner(ref, x, mode)
         case.fns[OURS] = _runner(ours, x, mode)
+        if device.startswith("cuda"):
+            # Each recurrence path forced, beside the automatic choice: the figures the
+            # persistent-path rule is measured from. A path that cannot run the shape is left out.
+            for path in CUDA_PATHS:
+                run = _with_cuda_path(_runner(ours, x, mode), path)
+                try:
+                    run()
+                except RuntimeError:
+                    continue
+                case.fns[f"{OURS}[{path}]"] = run
         if mode == "inference" and device == "cpu" and dtype == torch.float32:
             ort_run = onnxruntime_runner(ref, x)
             if ort_run is not None:
@@ -281,7 +309,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="half types on CUDA only")
     parser.add_argument("--grid", choices=["canonical", "gpu"], default="canonical",
                         help="gpu: batch 1/8/64/256 x H 128/256/512/1024 x 1-2 layers x "
-                             "uni/bi at T=200 (C=H)")
+                             "uni/bi (C=H) at each of --steps")
+    parser.add_argument("--steps", default="200",
+                        help="comma-separated sequence lengths for --grid gpu (default 200)")
     parser.add_argument("--budget", type=float, default=3.0,
                         help="seconds of timing per shape and mode (default 3)")
     parser.add_argument("--min-rounds", type=int, default=5)
@@ -296,7 +326,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     dtype = getattr(torch, args.dtype)
     if args.grid == "gpu":
-        shapes = [Shape(f"B{n}-H{h}-L{l}-{'bi' if bi else 'uni'}", 200, n, h, h, l, bi)
+        shapes = [Shape(f"T{t}-B{n}-H{h}-L{l}-{'bi' if bi else 'uni'}", t, n, h, h, l, bi)
+                  for t in (int(v) for v in args.steps.split(","))
                   for n in (1, 8, 64, 256) for h in (128, 256, 512, 1024)
                   for l in (1, 2) for bi in (False, True)]
     else:
