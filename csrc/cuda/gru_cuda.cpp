@@ -113,6 +113,26 @@ at::Tensor schedule_on_device(const StepSchedule& s) {
                                                             c10::cuda::current_device()));
 }
 
+// The fields the persistent forward and backward share. `schedule` must outlive the launch.
+template <typename T>
+cuda::PersistentLayer<K<T>> persistent_layer(const StepSchedule& s, int D, int64_t H,
+                                             const at::Tensor& schedule, const T* const* w_hh,
+                                             const T* const* h0) {
+  cuda::PersistentLayer<K<T>> layer;
+  layer.D = D;
+  layer.T_steps = s.T;
+  layer.N = s.N;
+  layer.H = H;
+  layer.ld = D * H;
+  layer.batch_sizes = schedule.data_ptr<int64_t>();
+  layer.offsets = schedule.data_ptr<int64_t>() + s.T;
+  for (int d = 0; d < D; ++d) {
+    layer.w_hh[d] = kptr(w_hh[d]);
+    layer.h0[d] = kptr(h0[d]);
+  }
+  return layer;
+}
+
 struct CudaBackend {
   static constexpr const char* kName = "CUDA";
   static constexpr const char* kDtypes =
@@ -151,21 +171,12 @@ struct CudaBackend {
     cuda::PersistentPlan plan;
     if (use_persistent<T>(D, N, H, false, plan)) {
       const at::Tensor schedule = schedule_on_device(s);
-      cuda::PersistentLayer<K<T>> layer;
-      layer.D = D;
-      layer.T_steps = s.T;
-      layer.N = N;
-      layer.H = H;
-      layer.ld = D * H;
-      layer.batch_sizes = schedule.data_ptr<int64_t>();
-      layer.offsets = schedule.data_ptr<int64_t>() + s.T;
+      auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out = kptr(p.out);
       for (int d = 0; d < D; ++d) {
-        layer.w_hh[d] = kptr(p.w_hh[d]);
         layer.gi[d] = kptr(p.gi[d]);
         layer.b_ih[d] = kptr(p.b_ih[d]);
         layer.b_hh[d] = kptr(p.b_hh[d]);
-        layer.h0[d] = kptr(p.h0[d]);
         layer.hy[d] = kptr(p.hy[d]);
         layer.ws_out[d] = p.ws[d];
       }
@@ -221,19 +232,10 @@ struct CudaBackend {
     cuda::PersistentPlan plan;
     if (use_persistent<T>(D, N, H, true, plan)) {
       const at::Tensor schedule = schedule_on_device(s);
-      cuda::PersistentLayer<K<T>> layer;
-      layer.D = D;
-      layer.T_steps = s.T;
-      layer.N = N;
-      layer.H = H;
-      layer.ld = ld;
-      layer.batch_sizes = schedule.data_ptr<int64_t>();
-      layer.offsets = schedule.data_ptr<int64_t>() + s.T;
+      auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out_in = kptr(p.out);
       layer.dout = kptr(p.dout);
       for (int d = 0; d < D; ++d) {
-        layer.w_hh[d] = kptr(p.w_hh[d]);
-        layer.h0[d] = kptr(p.h0[d]);
         layer.ws_in[d] = p.ws[d];
         layer.dh[d] = kptr(p.dh[d]);
         layer.dg[d] = kptr(p.dg[d]);
