@@ -384,29 +384,32 @@ def gru(
                           train, bidirectional)
         raise TypeError("gru_native: has_biases, train, bidirectional and batch_first must be "
                         "bools")
-    if torch.onnx.is_in_onnx_export():
-        # Exporting to ONNX: nn.GRU's own op, which both of torch's ONNX exporters translate
-        # to ONNX's GRU operator (linear_before_reset=1), so the exported model is nn.GRU's.
-        return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
-                          bidirectional, batch_first, batch_sizes)
     device = input.device
-    if device.type == "cuda" and _cuda_autocast_dtype() is not None:
-        # nn.GRU under CUDA autocast (cuDNN's autocast wrapper) runs in the autocast dtype:
-        # input, h0 and weights cast to it, outputs in it.
-        input, hx, weights = _cast_for_autocast(_cuda_autocast_dtype(), input, hx, weights)
     plain = _plain_eager((input, hx, *weights))
     if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
+        # Everything but the plain eager CPU call (which needs none of this: no export traces
+        # it, CPU autocast does not touch it, and the direct CPU entry checks devices itself).
+        if torch.onnx.is_in_onnx_export():
+            # Exporting to ONNX (traced, so never plain eager): nn.GRU's own op, which both of
+            # torch's ONNX exporters translate to ONNX's GRU operator (linear_before_reset=1),
+            # so the exported model is nn.GRU's.
+            return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                              bidirectional, batch_first, batch_sizes)
+        if device.type == "cuda" and _cuda_autocast_dtype() is not None:
+            # nn.GRU under CUDA autocast (cuDNN's autocast wrapper) runs in the autocast dtype:
+            # input, h0 and weights cast to it, outputs in it.
+            input, hx, weights = _cast_for_autocast(_cuda_autocast_dtype(), input, hx, weights)
         # Through the dispatcher, mixed devices would pick one device's kernel (a Meta input
         # would even get the fake kernel): check first, as ATen's check_attributes does. (The
         # kernels check again, and so does the direct CPU call.)
         _check_attributes(input, hx, weights)
-    if not _has_kernel(device, input.dtype):
-        # No kernel here (e.g. float16 on the CPU, where nn.GRU runs, or under CPU autocast
-        # with a bfloat16 input): torch's own implementation, so that nothing nn.GRU runs
-        # fails.
-        _warn_fallback(device, input.dtype)
-        return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
-                          bidirectional, batch_first, batch_sizes)
+        if not _has_kernel(device, input.dtype):
+            # No kernel here (e.g. float16 on the CPU, where nn.GRU runs, or under CPU autocast
+            # with a bfloat16 input): torch's own implementation, so that nothing nn.GRU runs
+            # fails.
+            _warn_fallback(device, input.dtype)
+            return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                              bidirectional, batch_first, batch_sizes)
 
     if batch_sizes is None and batch_first:
         input = input.transpose(0, 1)

@@ -587,32 +587,30 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias) {
-  // The inner loop runs along a row of B: give B unit column stride (a small copy).
-  std::vector<T> b_copy;
+  // Vectors run along a row of C and of B: give B unit column stride (a small copy, into a
+  // buffer each thread keeps, so that a small call does not allocate).
   const T* b = B.p;
   int64_t b_rs = B.rs;
   if (B.cs != 1 && K > 0 && N > 0) {
-    b_copy.resize(static_cast<size_t>(K * N));
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) b_copy[k * N + n] = B.p[k * B.rs + n * B.cs];
+    thread_local std::vector<T> b_copy;
+    if (b_copy.size() < static_cast<size_t>(K * N)) b_copy.resize(static_cast<size_t>(K * N));
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) b_copy[k * N + n] = B.p[k * B.rs + n * B.cs];
     }
     b = b_copy.data();
     b_rs = N;
   }
+  // Each vector of C accumulates in a register over k, in k order (after beta C, then bias).
   for (int64_t m = 0; m < M; ++m) {
     T* c = C + m * ldc;
-    if (beta == T(0)) std::fill(c, c + N, T(0));
-    if (bias) {
-      for (int64_t n = 0; n < N; ++n) c[n] += bias[n];
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const T a = A.p[m * A.rs + k * A.cs];
-      const T* bk = b + k * b_rs;
-      for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
-        using V = typename std::decay_t<decltype(lane)>::V;
-        lane.store(c + n, lane.load(c + n) + V(a) * lane.load(bk + n));
-      });
-    }
+    const T* a = A.p + m * A.rs;
+    for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
+      using V = typename std::decay_t<decltype(lane)>::V;
+      V acc = beta == T(0) ? V(T(0)) : lane.load(c + n);
+      if (bias) acc = acc + lane.load(bias + n);
+      for (int64_t k = 0; k < K; ++k) acc = acc + V(a[k * A.cs]) * lane.load(b + k * b_rs + n);
+      lane.store(c + n, acc);
+    });
   }
 }
 
