@@ -12,6 +12,20 @@ from . import ops
 
 __all__ = ["GRU", "GRUCell"]
 
+_Proxy = torch.fx.Proxy
+
+
+def _fx_leaf_call(module: nn.Module, input, hx):
+    """Under torch.fx symbolic tracing, the node FX records for nn.GRU and nn.GRUCell: one
+    call_module (FX keeps torch.nn's modules as leaves; ours, defined elsewhere, would be traced
+    into, and their shape checks cannot run on proxies). None when not tracing."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    proxy = data if isinstance(data, _Proxy) else hx if isinstance(hx, _Proxy) else None
+    if proxy is None:
+        return None
+    args = (input,) if hx is None else (input, hx)
+    return proxy.tracer.create_proxy("call_module", proxy.tracer.path_of_module(module), args, {})
+
 
 class GRU(nn.RNNBase):
     r"""__init__(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)
@@ -136,6 +150,9 @@ class GRU(nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         # The same steps, checks and messages as nn.GRU.forward, in the same order.
+        traced = _fx_leaf_call(self, input, hx)
+        if traced is not None:
+            return traced
         self._update_flat_weights()
 
         orig_input = input
@@ -237,6 +254,9 @@ class GRUCell(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         # nn.GRUCell.forward's steps and messages.
+        traced = _fx_leaf_call(self, input, hx)
+        if traced is not None:
+            return traced
         if input.dim() not in (1, 2):
             raise ValueError(
                 f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead"

@@ -389,10 +389,12 @@ def gru(
     if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
         # Everything but the plain eager CPU call (which needs none of this: no export traces
         # it, CPU autocast does not touch it, and the direct CPU entry checks devices itself).
-        if torch.onnx.is_in_onnx_export():
-            # Exporting to ONNX (traced, so never plain eager): nn.GRU's own op, which both of
-            # torch's ONNX exporters translate to ONNX's GRU operator (linear_before_reset=1),
-            # so the exported model is nn.GRU's.
+        if torch.onnx.is_in_onnx_export() or _tracing_state() is not None:
+            # Exporting to ONNX, or torch.jit.trace (never plain eager): nn.GRU's own op, so
+            # the traced graph is nn.GRU's (aten::gru: it loads without gru_native, in libtorch
+            # too, and gives the same graph whether or not gradients were enabled while
+            # tracing, which trace's check requires), and both of torch's ONNX exporters
+            # translate it to ONNX's GRU operator (linear_before_reset=1).
             return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
                               bidirectional, batch_first, batch_sizes)
         if device.type == "cuda" and _cuda_autocast_dtype() is not None:
@@ -474,7 +476,7 @@ def gru_cell(
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if has_biases else [])
     if ok:
         ok = all(t.dtype == input.dtype and t.device == input.device for t in [hx] + weights)
-    if not ok or torch.onnx.is_in_onnx_export():
+    if not ok or torch.onnx.is_in_onnx_export() or _tracing_state() is not None:
         return torch._VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     _, hy = gru(input.unsqueeze(0), hx.unsqueeze(0), weights, has_biases, 1, 0.0, False, False)
     return hy[0]

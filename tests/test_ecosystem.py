@@ -341,6 +341,78 @@ def test_torch_export_one_node():
         assert_close(a, b, "exported")
 
 
+class CellLoop(nn.Module):
+    def __init__(self, cell_cls):
+        super().__init__()
+        self.cell = cell_cls(6, 5)
+
+    def forward(self, x, h):
+        for t in range(x.size(0)):
+            h = self.cell(x[t], h)
+        return h
+
+
+def _same_model(cls_ours, cls_ref, *args):
+    torch.manual_seed(0)
+    ref = cls_ref(*args)
+    torch.manual_seed(0)
+    ours = cls_ours(*args)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_jit_trace_records_nn_grus_graph(train):
+    # torch.jit.trace of a model with gru_native.GRU gives nn.GRU's traced graph (aten::gru,
+    # loadable without gru_native), passes trace's own check (which re-runs without grad) and
+    # computes what the eager model computes, gradients included.
+    ref, ours = _same_model(Tagger, lambda: Tagger(nn.GRU))
+    ref.train(train), ours.train(train)
+    x = torch.randn(3, 7, 6)
+    traced_ours = torch.jit.trace(ours, (x,))
+    traced_ref = torch.jit.trace(ref, (x,))
+    def ops(traced):  # what computes (the zero h0's size may be read from a weight)
+        return [n.kind() for n in traced.inlined_graph.nodes()
+                if n.kind().startswith("aten::") and n.kind() != "aten::size"]
+
+    assert ops(traced_ours).count("aten::gru") == 1
+    assert ops(traced_ours) == ops(traced_ref)
+    assert not any("gru_native" in n.kind() for n in traced_ours.inlined_graph.nodes())
+    y_t, h_t, g_t = _grads(traced_ours, x)
+    y_e, h_e, g_e = _grads(ours, x)
+    assert_close(y_t, y_e, "traced output")
+    assert_close(h_t, h_e, "traced h_n")
+    for a, b in zip(g_t, g_e):
+        assert_close(a, b, "traced gradient")
+    cell_ref, cell_ours = _same_model(lambda: CellLoop(gru_native.GRUCell),
+                                      lambda: CellLoop(nn.GRUCell))
+    xs, h0 = torch.randn(4, 2, 6), torch.randn(2, 5)
+    traced_cell = torch.jit.trace(cell_ours, (xs, h0))
+    assert ops(traced_cell) == ops(torch.jit.trace(cell_ref, (xs, h0)))  # torch's cell, traced
+    assert not any("gru_native" in n.kind() for n in traced_cell.inlined_graph.nodes())
+    assert_close(traced_cell(xs, h0), cell_ours(xs, h0), "traced cell")
+
+
+def test_fx_symbolic_trace_keeps_the_gru_a_leaf():
+    # FX keeps torch.nn's modules as leaves (one call_module node); gru_native's modules too.
+    ref, ours = _same_model(Tagger, lambda: Tagger(nn.GRU))
+    x = torch.randn(3, 7, 6)
+    gm_ours, gm_ref = torch.fx.symbolic_trace(ours), torch.fx.symbolic_trace(ref)
+    modules = [n.target for n in gm_ours.graph.nodes if n.op == "call_module"]
+    assert modules == [n.target for n in gm_ref.graph.nodes if n.op == "call_module"]
+    assert modules.count("gru") == 1
+    assert isinstance(gm_ours.get_submodule("gru"), gru_native.GRU)
+    for a, b in zip(gm_ours(x), ref(x)):
+        assert_close(a, b, "FX-traced model")
+    cell_ref, cell_ours = _same_model(lambda: CellLoop(gru_native.GRUCell),
+                                      lambda: CellLoop(nn.GRUCell))
+    xs, h0 = torch.randn(3, 2, 6), torch.randn(2, 5)
+    # The loop needs x's length: FX specialises x (x itself becomes a constant of the graph).
+    gm = torch.fx.symbolic_trace(cell_ours, concrete_args={"x": xs})
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["cell"] * 3
+    assert_close(gm(xs, h0), cell_ref(xs, h0), "FX-traced cell loop")
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_onnx_export_runs_in_onnxruntime(tmp_path, dynamo):
     ort = pytest.importorskip("onnxruntime")
