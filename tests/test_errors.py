@@ -1,6 +1,7 @@
 """Bad arguments raise what torch.nn.GRU raises: same exception type, same message, checked
 against nn.GRU in the test itself (SPEC.md 1.1 and 1.4)."""
 
+import logging
 import warnings
 
 import pytest
@@ -147,16 +148,19 @@ def test_unsupported_cpu_dtype_op_names_it(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_unsupported_cpu_dtype_module_runs_like_nn_gru(dtype):
+def test_unsupported_cpu_dtype_module_runs_like_nn_gru(dtype, caplog):
     # The CPU kernels take float32 and float64; for other dtypes the module runs torch's own
-    # implementation (with a warning), so that what nn.GRU runs still runs, with its results.
+    # implementation, so that what nn.GRU runs still runs, with its results, and warns about
+    # nothing nn.GRU does not warn about (a log record on the "gru_native" logger says so).
     torch.manual_seed(0)
     ref = nn.GRU(4, 3, 2, bidirectional=True).to(dtype)
     ours = gru_native.GRU(4, 3, 2, bidirectional=True).to(dtype)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(5, 2, 4, dtype=dtype)
-    with pytest.warns(UserWarning, match="no cpu kernels"):
-        gru_native.ops._warned_fallback.clear()
+    gru_native.ops._noted_fallback.clear()
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="gru_native"):
+        warnings.simplefilter("error")
         out, h = ours(x)
+    assert any("no cpu kernels" in r.getMessage() for r in caplog.records)
     out_r, h_r = ref(x)
     assert out.dtype == dtype and torch.equal(out, out_r) and torch.equal(h, h_r)
