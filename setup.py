@@ -9,7 +9,9 @@ binary built against a torch other than yours.)
 
 Environment switches:
     GRU_NATIVE_CUDA=0|1     force the CUDA kernels off / on (default: on when torch has CUDA and
-                            nvcc is found)
+                            nvcc is found; if that automatic CUDA build fails, the CPU kernels are
+                            built alone, with the error and a notice printed, and build_info()
+                            reports cuda=False; with GRU_NATIVE_CUDA=1 the failure is an error)
     GRU_NATIVE_PORTABLE=1   do not tune the CPU kernels for the build machine (no -march=native)
     DEBUG=1                 -O0 -g
     TORCH_CUDA_ARCH_LIST    CUDA architectures (default: torch's choice, i.e. the visible GPU)
@@ -72,47 +74,72 @@ def get_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define_macros = [("GRU_NATIVE_PORTABLE", "1" if portable else "0")]
+    cpu_cxx = cxx + [_text_define("GRU_NATIVE_CXX_FLAGS", " ".join(cxx))]
 
-    if with_cuda:
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        define_macros.append(("GRU_NATIVE_WITH_CUDA", "1"))
-        try:  # the -gencode flags torch will use (TORCH_CUDA_ARCH_LIST, or the visible GPU)
-            from torch.utils.cpp_extension import _get_cuda_arch_flags
-            arch_list = " ".join(_get_cuda_arch_flags())
-        except Exception:  # private helper: fall back to what the user asked for
-            arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") or "torch default"
-        nvcc = opt[:1] + ["-lineinfo", "--expt-relaxed-constexpr"]
-        info = [
-            _text_define("GRU_NATIVE_CXX_FLAGS", " ".join(cxx)),
-            _text_define("GRU_NATIVE_NVCC_FLAGS", " ".join(nvcc)),
-            _text_define("GRU_NATIVE_CUDA_ARCH_LIST", arch_list),
-        ]
-        extra = {"cxx": cxx + info, "nvcc": nvcc}
-        ext = CUDAExtension
-    else:
-        extra = {"cxx": cxx + [_text_define("GRU_NATIVE_CXX_FLAGS", " ".join(cxx))]}
-        ext = CppExtension
+    def common():  # fresh lists each time: the Extension constructors extend them in place
+        return dict(name="gru_native._C", include_dirs=[os.path.join(ROOT, "csrc")],
+                    extra_link_args=list(openmp))
 
-    return [
-        ext(
-            name="gru_native._C",
-            sources=sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
-            define_macros=define_macros,
-            extra_compile_args=extra,
-            extra_link_args=openmp,
-        )
+    cpu_only = CppExtension(sources=list(sources), define_macros=list(define_macros),
+                            extra_compile_args={"cxx": list(cpu_cxx)}, **common())
+    if not with_cuda:
+        return [cpu_only]
+
+    try:  # the -gencode flags torch will use (TORCH_CUDA_ARCH_LIST, or the visible GPU)
+        from torch.utils.cpp_extension import _get_cuda_arch_flags
+        arch_list = " ".join(_get_cuda_arch_flags())
+    except Exception:  # private helper: fall back to what the user asked for
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") or "torch default"
+    nvcc = opt[:1] + ["-lineinfo", "--expt-relaxed-constexpr"]
+    cuda_cxx = cpu_cxx + [
+        _text_define("GRU_NATIVE_NVCC_FLAGS", " ".join(nvcc)),
+        _text_define("GRU_NATIVE_CUDA_ARCH_LIST", arch_list),
     ]
+    extension = CUDAExtension(
+        sources=sources + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))),
+        define_macros=define_macros + [("GRU_NATIVE_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": list(cuda_cxx), "nvcc": nvcc},
+        **common(),
+    )
+    if _flag("GRU_NATIVE_CUDA") is None:
+        # CUDA by default, not on request: if that build fails, the CPU kernels alone.
+        extension.gru_native_fallback = (cpu_only, cuda_cxx)
+    return [extension]
+
+
+def _make_cpu_only(ext):
+    """Turns the CUDA build of `ext` into the CPU-only one, in place, keeping the flags torch's
+    BuildExtension has added to it since (extension name, ABI)."""
+    cpu_only, cuda_cxx = ext.gru_native_fallback
+    added = [f for f in ext.extra_compile_args["cxx"] if f not in cuda_cxx]
+    for attr in ("sources", "define_macros", "include_dirs", "library_dirs", "libraries",
+                 "runtime_library_dirs", "extra_link_args"):
+        setattr(ext, attr, list(getattr(cpu_only, attr)))
+    ext.extra_compile_args = {"cxx": cpu_only.extra_compile_args["cxx"] + added}
 
 
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
-    setup(
-        ext_modules=get_extensions(),
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    )
+    class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception:
+                if not hasattr(ext, "gru_native_fallback"):
+                    raise
+                import traceback
+
+                traceback.print_exc()
+                print("\n*** gru_native: the CUDA kernels failed to build (error above); building "
+                      "the CPU kernels alone. On CUDA tensors the module will run torch's own GRU, "
+                      "and gru_native.build_info()['cuda'] is False. GRU_NATIVE_CUDA=1 makes this "
+                      "failure an error. ***\n", file=sys.stderr, flush=True)
+                _make_cpu_only(ext)
+                super().build_extension(ext)
+
+    setup(ext_modules=get_extensions(), cmdclass={"build_ext": BuildExt})
 
 
 if __name__ == "__main__":
