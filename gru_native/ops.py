@@ -237,6 +237,13 @@ class _EagerGRU(torch.autograd.Function):
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_forward_ad = torch.autograd.forward_ad
+
+
+def _under_transform() -> bool:
+    """Inside a torch.func transform (grad, vjp, jvp, jacrev, jacfwd, vmap, ...) or a
+    forward-mode AD level (torch.autograd.forward_ad.dual_level)."""
+    return _functorch_active() or _forward_ad._current_level >= 0
 
 
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack
@@ -251,7 +258,7 @@ def _plain_eager(tensors) -> bool:
     if _is_compiling():  # first: Dynamo folds it to True and traces nothing else here
         return False
     return not (_dispatch_stack_len() or _has_torch_function(tensors) or _tracing_state()
-                or _functorch_active())
+                or _under_transform())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,12 +397,18 @@ def gru(
     if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
         # Everything but the plain eager CPU call (which needs none of this: no export traces
         # it, CPU autocast does not touch it, and the direct CPU entry checks devices itself).
-        if torch.onnx.is_in_onnx_export() or _tracing_state() is not None:
-            # Exporting to ONNX, or torch.jit.trace (never plain eager): nn.GRU's own op, so
-            # the traced graph is nn.GRU's (aten::gru: it loads without gru_native, in libtorch
-            # too, and gives the same graph whether or not gradients were enabled while
-            # tracing, which trace's check requires), and both of torch's ONNX exporters
-            # translate it to ONNX's GRU operator (linear_before_reset=1).
+        if (torch.onnx.is_in_onnx_export() or _tracing_state() is not None
+                or (not _is_compiling() and _under_transform())):
+            # nn.GRU's own op (never in plain eager mode):
+            # - exporting to ONNX: both of torch's ONNX exporters translate it to ONNX's GRU
+            #   operator (linear_before_reset=1);
+            # - torch.jit.trace: the traced graph is nn.GRU's (aten::gru: it loads without
+            #   gru_native, in libtorch too, and is the same whether or not gradients were
+            #   enabled while tracing, which trace's check requires);
+            # - torch.func transforms and forward-mode AD: the fused ops have no forward-mode
+            #   formula and a custom op's autograd does not compose with torch.func; nn.GRU's
+            #   op does whatever nn.GRU does there (grad, jvp, jacfwd... work; vmap raises
+            #   nn.GRU's error).
             return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
                               bidirectional, batch_first, batch_sizes)
         if device.type == "cuda" and _cuda_autocast_dtype() is not None:
@@ -477,7 +490,8 @@ def gru_cell(
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if has_biases else [])
     if ok:
         ok = all(t.dtype == input.dtype and t.device == input.device for t in [hx] + weights)
-    if not ok or torch.onnx.is_in_onnx_export() or _tracing_state() is not None:
+    if (not ok or torch.onnx.is_in_onnx_export() or _tracing_state() is not None
+            or (not _is_compiling() and _under_transform())):
         return torch._VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     _, hy = gru(input.unsqueeze(0), hx.unsqueeze(0), weights, has_biases, 1, 0.0, False, False)
     return hy[0]

@@ -325,6 +325,61 @@ def test_ddp_two_processes_match_one(tmp_path):
         assert_close(ddp_params[name], p.detach(), f"DDP {name}")
 
 
+# -- torch.func transforms and forward-mode AD -------------------------------------------------
+
+
+def _transform_cases():
+    import torch.autograd.forward_ad as fwAD
+
+    def forward_ad(f, x):
+        with fwAD.dual_level():
+            out = f(fwAD.make_dual(x, torch.ones_like(x)))
+            return fwAD.unpack_dual(out).tangent
+
+    return {
+        "grad": lambda f, x: torch.func.grad(lambda v: f(v).pow(2).sum())(x),
+        "vjp": lambda f, x: torch.func.vjp(f, x)[1](torch.ones_like(f(x)))[0],
+        "jvp": lambda f, x: torch.func.jvp(f, (x,), (torch.ones_like(x),))[1],
+        "jacrev": lambda f, x: torch.func.jacrev(f)(x),
+        "jacfwd": lambda f, x: torch.func.jacfwd(f)(x),
+        "forward_ad": forward_ad,
+    }
+
+
+@pytest.mark.parametrize("transform", list(_transform_cases()))
+def test_func_transforms_match_nn_gru(transform):
+    # Under torch.func transforms and forward-mode AD the module computes what nn.GRU computes
+    # (it runs nn.GRU's op there): gradients, JVPs and Jacobians equal nn.GRU's.
+    apply = _transform_cases()[transform]
+    ref, ours = make_pair(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    expected = apply(lambda v: ref(v)[0], x)
+    got = apply(lambda v: ours(v)[0], x)
+    assert expected.abs().max() > 0
+    assert_close(got, expected, transform, dtype=torch.float64)
+    cell_ref, cell_ours = _same_model(gru_native.GRUCell, nn.GRUCell, 3, 4)
+    cell_ref.double(), cell_ours.double()
+    h = torch.randn(2, 4, dtype=torch.float64)
+    assert_close(apply(lambda v: cell_ours(v, h), x[0]), apply(lambda v: cell_ref(v, h), x[0]),
+                 f"cell {transform}", dtype=torch.float64)
+    params = dict(ours.named_parameters())
+    g = torch.func.grad(lambda p: torch.func.functional_call(ours, p, (x,))[0].sum())(params)
+    ref.zero_grad()
+    ref(x)[0].sum().backward()
+    for name, p in ref.named_parameters():
+        assert_close(g[name], p.grad, f"func.grad {name}", dtype=torch.float64)
+
+
+def test_vmap_raises_what_nn_gru_raises():
+    assert_same_error(lambda cls: lambda: torch.func.vmap(
+        lambda v: _fresh(cls)(v)[0])(torch.randn(2, 5, 3, 4)))
+
+
+def _fresh(cls):
+    torch.manual_seed(0)
+    return cls(4, 6)
+
+
 # -- export and ONNX -------------------------------------------------------------------------
 
 
