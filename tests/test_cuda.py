@@ -117,6 +117,72 @@ def test_cuda_half_types_error_at_most_twice_nn_gru(dtype, path):
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_cuda_half_types_gradients_error_at_most_twice_nn_gru(dtype, path):
+    # The backward in half types: each gradient's error against float64 is at most twice the
+    # error nn.GRU makes in the same dtype.
+    torch.manual_seed(0)
+    ref64 = nn.GRU(16, 32, 2, bidirectional=True, dtype=torch.float64)
+    x64 = torch.randn(12, 4, 16, dtype=torch.float64)
+    g64 = torch.randn(12, 4, 64, dtype=torch.float64)
+
+    def grads(m, x, g):
+        x = x.detach().clone().requires_grad_()
+        out, _ = m(x)
+        return torch.autograd.grad(out, [x] + list(m.parameters()), g)
+
+    truth = grads(ref64, x64, g64)
+    ref = nn.GRU(16, 32, 2, bidirectional=True).to("cuda", dtype)
+    ours = gru_native.GRU(16, 32, 2, bidirectional=True).to("cuda", dtype)
+    ref.load_state_dict(ref64.state_dict())
+    ours.load_state_dict(ref64.state_dict())
+    x, g = x64.to("cuda", dtype), g64.to("cuda", dtype)
+    for name, t, r, o in zip(["input"] + [n for n, _ in ref.named_parameters()], truth,
+                             grads(ref, x, g), grads(ours, x, g)):
+        err_ref = (r.double().cpu() - t).abs().max().item()
+        err_ours = (o.double().cpu() - t).abs().max().item()
+        assert err_ours <= 2 * err_ref + 1e-6, (name, err_ours, err_ref)
+
+
+def test_cuda_persistent_with_several_units_per_block(monkeypatch):
+    # More hidden units than SMs: each block of the persistent kernels owns several units, the
+    # last one fewer (H = 2 SMs + 1 one-directional, SMs + 1 bidirectional).
+    monkeypatch.setenv("GRU_NATIVE_CUDA_PATH", "persistent")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for H, bi in ((2 * sms + 1, False), (sms + 1, True)):
+        ref, ours = make_pair(7, H, 2, bidirectional=bi, dtype=torch.float64, device="cuda")
+        x = torch.randn(5, 3, 7, dtype=torch.float64, device="cuda")
+        h0 = torch.randn(2 * (2 if bi else 1), 3, H, dtype=torch.float64, device="cuda")
+        torch.manual_seed(1)  # the same output gradients for both
+        r = _run(ref, x, h0)
+        torch.manual_seed(1)
+        o = _run(ours, x, h0)
+        assert_close(o[0], r[0], f"output H={H}")
+        assert_close(o[1], r[1], f"h_n H={H}")
+        for a, b in zip(o[2], r[2]):
+            assert_close(a, b, f"grad H={H}")
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_cuda_on_a_side_stream_equals_the_default_stream(path):
+    torch.manual_seed(0)
+    m = gru_native.GRU(16, 32, 2, bidirectional=True, device="cuda")
+    x = torch.randn(9, 4, 16, device="cuda")
+    torch.manual_seed(1)  # the same output gradients for both
+    expected = _run(m, x, None)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    torch.manual_seed(1)
+    with torch.cuda.stream(stream):
+        got = _run(m, x, None)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for a, b in zip(got[2], expected[2]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 def test_cuda_gradcheck(path):
     torch.manual_seed(0)
     m = gru_native.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, device="cuda")

@@ -104,13 +104,18 @@ bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::Persistent
   return plan.fits && N <= kPersistentMaxBatch;
 }
 
-// batch_sizes and offsets on the device, for the persistent kernels.
+// batch_sizes and offsets on the device, for the persistent kernels: staged in pinned memory
+// and copied asynchronously on the current stream (a pageable copy would make the host wait
+// for all the work queued before it). The pinned block is not reused before the copy is done
+// (the caching host allocator records an event for it).
 at::Tensor schedule_on_device(const StepSchedule& s) {
-  at::Tensor host = at::empty({2, s.T}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor host =
+      at::empty({2, s.T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   std::memcpy(host.data_ptr<int64_t>(), s.batch_sizes, s.T * sizeof(int64_t));
   std::memcpy(host.data_ptr<int64_t>() + s.T, s.offsets, s.T * sizeof(int64_t));
-  return host.to(at::TensorOptions().dtype(at::kLong).device(at::kCUDA,
-                                                            c10::cuda::current_device()));
+  return host.to(
+      at::TensorOptions().dtype(at::kLong).device(at::kCUDA, c10::cuda::current_device()),
+      /*non_blocking=*/true);
 }
 
 // The fields the persistent forward and backward share. `schedule` must outlive the launch.
@@ -321,11 +326,16 @@ struct CudaBackend {
 
 using CudaStack = Stack<CudaBackend>;
 
+std::optional<c10::Device> cuda_device(const at::Tensor& t) {
+  return t.is_cuda() ? std::optional<c10::Device>(t.device()) : std::nullopt;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  // (A CPU input, reached with CUDA weights, gets make_geometry's device error, not a guard's.)
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
   return CudaStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
                                num_layers, bidirectional, need_workspace);
 }
@@ -337,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_cuda(
     const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
     bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
     bool need_weight_grad) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
   return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
                              dropout_mask, output, workspace, layer_outputs, has_biases,
                              num_layers, bidirectional, need_input_grad, need_weight_grad);

@@ -48,7 +48,21 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
 // grid synchronisation.
 template <typename T>
 __device__ __forceinline__ typename Acc<T>::type load_cg(const T* p) {
-  return to_acc(__ldcg(p));
+  return to_acc(__ldcg(p));  // float, double: CUDA's __ldcg is volatile asm
+}
+// CUDA's 16-bit __ldcg overloads are asm without volatile or a memory clobber, which the compiler
+// may hoist above grid.sync(): these are pinned in place.
+template <>
+__device__ __forceinline__ float load_cg<__half>(const __half* p) {
+  unsigned short u;
+  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
+  return __half2float(__ushort_as_half(u));
+}
+template <>
+__device__ __forceinline__ float load_cg<__nv_bfloat16>(const __nv_bfloat16* p) {
+  unsigned short u;
+  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
+  return __bfloat162float(__ushort_as_bfloat16(u));
 }
 
 template <typename T>
@@ -323,8 +337,11 @@ __global__ void __launch_bounds__(kPersistentThreads)
       T* dh = p.dh[d] + b * H + j0 + jj;
       *dh = from_acc<T>(to_acc(*dh) + acc);
     }
-    // No second synchronisation: the next step's pointwise pass reads and writes only this
-    // block's units of dh, and writes dG rows of another step.
+    // The next step's pointwise pass reads and writes only this block's units of dh, and
+    // writes dG rows of another step: a block barrier is enough. (Both loops give element
+    // e = b * w + jj to the same thread today; the barrier keeps that from being a hidden
+    // requirement.)
+    __syncthreads();
   }
 }
 
@@ -370,11 +387,11 @@ PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int d
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess ||
-      !coop || N <= 0 || H <= 0) {
-    cudaGetLastError();
+          cudaSuccess) {
+    cudaGetLastError();  // clear the failed query's error
     return plan;
   }
+  if (!coop || N <= 0 || H <= 0) return plan;
   // One block per SM, the SMs shared by the directions; the units split evenly.
   const int per_dir = static_cast<int>(std::min<int64_t>(sms / D, H));
   if (per_dir < 1) return plan;
@@ -383,8 +400,10 @@ PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int d
   const size_t smem = backward ? backward_smem<T>(N, H, slice) : forward_smem<T>(N, H, slice);
   if (smem > static_cast<size_t>(max_smem)) return plan;
   auto kernel = backward ? persistent_backward_kernel<T> : persistent_forward_kernel<T>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
+  // The device's opt-in maximum, the same value on every call: a per-call size could be
+  // lowered by another host thread between this plan and its launch.
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) !=
+      cudaSuccess) {
     cudaGetLastError();
     return plan;
   }
