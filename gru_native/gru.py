@@ -218,6 +218,7 @@ class GRU(nn.RNNBase):
             self.bidirectional,
             self.batch_first,
             batch_sizes,
+            hidden_size=self.hidden_size,
         )
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(

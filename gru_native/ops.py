@@ -337,21 +337,24 @@ def _cast_for_autocast(dtype, input, hx, weights):
 
 
 def _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
-               batch_first, batch_sizes):
+               batch_first, batch_sizes, hidden_size=None):
     """torch's own implementation (what nn.GRU calls), same arguments as `gru`."""
     if batch_sizes is None:
         if hx is None:
-            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
+            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first,
+                               hidden_size)
         return torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                              bidirectional, batch_first)
     return torch._VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
                          train, bidirectional)
 
 
-def _zeros_hidden(input, weights, num_layers, bidirectional, batch_first):
-    """nn.GRU's default h0 for dense input."""
+def _zeros_hidden(input, weights, num_layers, bidirectional, batch_first, hidden_size=None):
+    """nn.GRU's default h0 for dense input (nn.GRU sizes it with its hidden_size, which the
+    weights match unless they were re-assigned with other shapes)."""
     return torch.zeros(num_layers * (2 if bidirectional else 1),
-                       input.size(0 if batch_first else 1), weights[1].size(1),
+                       input.size(0 if batch_first else 1),
+                       weights[1].size(1) if hidden_size is None else hidden_size,
                        dtype=input.dtype, device=input.device)
 
 
@@ -366,6 +369,8 @@ def gru(
     bidirectional: bool,
     batch_first: bool = False,
     batch_sizes: Optional[Tensor] = None,
+    *,
+    hidden_size: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Multi-layer GRU over a whole sequence, the arguments of ``torch._VF.gru``.
 
@@ -373,6 +378,8 @@ def gru(
     (a transposed view if ``batch_first``, as ATen returns). Packed: ``input`` is the
     PackedSequence's data [R, C] and ``batch_sizes`` its batch sizes; the output is [R, D*H].
     ``hx`` is [L*D, N, H] (None: zeros, dense input only); returns ``(output, h_n)``.
+    ``hidden_size`` (the module's) sizes those zeros where torch's implementation is used;
+    by default it is read from the weights.
     """
     if hx is None and batch_sizes is not None:
         D = 2 if bidirectional else 1
@@ -383,7 +390,8 @@ def gru(
         # nn.GRU passes these to torch._VF.gru, whose argument parser rejects anything but a
         # bool (e.g. GRU(..., bidirectional=1)); let it raise its own TypeError.
         if hx is None:
-            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first)
+            hx = _zeros_hidden(input, weights, num_layers, bidirectional, batch_first,
+                               hidden_size)
         if batch_sizes is None:
             torch._VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first)
@@ -410,7 +418,7 @@ def gru(
             #   op does whatever nn.GRU does there (grad, jvp, jacfwd... work; vmap raises
             #   nn.GRU's error).
             return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
-                              bidirectional, batch_first, batch_sizes)
+                              bidirectional, batch_first, batch_sizes, hidden_size)
         if device.type == "cuda" and _cuda_autocast_dtype() is not None:
             # nn.GRU under CUDA autocast (cuDNN's autocast wrapper) runs in the autocast dtype:
             # input, h0 and weights cast to it, outputs in it.
@@ -425,8 +433,9 @@ def gru(
             # fails.
             _note_fallback(device, input.dtype)
             return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
-                              bidirectional, batch_first, batch_sizes)
+                              bidirectional, batch_first, batch_sizes, hidden_size)
 
+    caller_input = input
     if batch_sizes is None and batch_first:
         input = input.transpose(0, 1)
     # The empty-sequence and h0-dtype checks of ATen are made by the kernels (same messages).
@@ -440,25 +449,33 @@ def gru(
         or (hx is not None and hx.requires_grad)
         or any(w.requires_grad for w in weights)
     )
-    if not plain:
-        output, hy, _, _ = _forward_op(
-            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
-            need_workspace)
-    elif need_workspace:
-        output, hy = _EagerGRU.apply(input, hx, batch_sizes, mask, has_biases, num_layers,
-                                     bidirectional, *weights)
-    elif device.type == "cpu":
-        # No gradient wanted, so nothing for autograd to record: the CPU implementation,
-        # called directly.
-        output, hy, _, _ = _C._cpu_gru_forward(
-            input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional, False)
-    else:
-        # No gradient wanted: skip the autograd layer (its Python wrapper costs more than a
-        # whole small GRU).
-        with _BelowAutograd():
+    try:
+        if not plain:
             output, hy, _, _ = _forward_op(
                 input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
-                False)
+                need_workspace)
+        elif need_workspace:
+            output, hy = _EagerGRU.apply(input, hx, batch_sizes, mask, has_biases, num_layers,
+                                         bidirectional, *weights)
+        elif device.type == "cpu":
+            # No gradient wanted, so nothing for autograd to record: the CPU implementation,
+            # called directly.
+            output, hy, _, _ = _C._cpu_gru_forward(
+                input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional, False)
+        else:
+            # No gradient wanted: skip the autograd layer (its Python wrapper costs more than a
+            # whole small GRU).
+            with _BelowAutograd():
+                output, hy, _, _ = _forward_op(
+                    input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
+                    False)
+    except RuntimeError as err:
+        # Weights of shapes the fused kernels do not take (e.g. a parameter re-assigned with
+        # another shape): whatever nn.GRU does with them, its error or its result.
+        if _is_compiling() or not str(err).startswith(("gru_native: weight_", "gru_native: bias_")):
+            raise
+        return _torch_gru(caller_input, hx, weights, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, batch_sizes, hidden_size)
     if batch_sizes is None and batch_first:
         output = output.transpose(0, 1)
     return output, hy

@@ -117,6 +117,41 @@ def test_forward_errors(case):
     assert_same_error(FORWARD_CASES[case])
 
 
+def _reassigned(name, shape, layers=1, grad=False, packed=False, **kwargs):
+    """A module whose parameter `name` was re-assigned with another shape, then called."""
+    def make(cls):
+        def call():
+            torch.manual_seed(0)
+            m = cls(4, 3, layers, **kwargs)
+            setattr(m, name, nn.Parameter(torch.randn(*shape)))
+            x = torch.randn(5, 2, 4, requires_grad=grad)
+            if packed:
+                x = nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+            return m(x)
+        return call
+    return make
+
+
+REASSIGNED_CASES = {
+    "weight_hh-wide": _reassigned("weight_hh_l0", (9, 5)),
+    "weight_hh-tall": _reassigned("weight_hh_l0", (12, 3)),
+    "weight_ih-in-features": _reassigned("weight_ih_l0", (9, 5)),
+    "weight_ih-rows": _reassigned("weight_ih_l0", (6, 4), grad=True),
+    "bias_hh-length": _reassigned("bias_hh_l0", (6,)),
+    "bias_ih-2d": _reassigned("bias_ih_l0", (9, 1), grad=True),
+    "layer1-weight_ih": _reassigned("weight_ih_l1", (9, 4), layers=2),
+    "reverse-weight_hh": _reassigned("weight_hh_l0_reverse", (9, 4), bidirectional=True),
+    "packed-weight_hh": _reassigned("weight_hh_l0", (9, 5), packed=True),
+}
+
+
+@pytest.mark.parametrize("case", list(REASSIGNED_CASES), ids=str)
+def test_reassigned_weight_shapes_fail_like_nn_gru(case):
+    # Weights of shapes the fused kernels do not take run torch's implementation, so the
+    # error is nn.GRU's own (often from deep inside ATen).
+    assert_same_error(REASSIGNED_CASES[case])
+
+
 def test_forward_error_with_list_input():
     assert_same_error(lambda cls: lambda: cls(4, 3)([1.0, 2.0]))
 
