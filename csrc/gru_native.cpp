@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "cpu/autograd.h"
 #include "cpu/gru_cpu.h"
 #include "cpu/host_cache.h"
 #include "cpu/kernels.h"
@@ -103,4 +104,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_cpu_gru_backward", &gru_native::cpu_backward_direct,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "gru_backward's CPU implementation, called without the dispatcher");
+  m.def("_cpu_gru_train", &gru_native::cpu_gru_train,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "The CPU forward recording a C++ autograd node whose backward is the CPU backward op");
+  m.def("_set_differentiable_backward", &gru_native::set_differentiable_backward,
+        "Registers the Python backward used under create_graph=True");
 }

@@ -171,6 +171,9 @@ def _differentiable_backward(saved, grad_output, grad_hy, has_biases, num_layers
     return grad_input, grad_hx, grad_weights
 
 
+_C._set_differentiable_backward(_differentiable_backward)  # for the C++ node (create_graph)
+
+
 def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
     if torch.is_grad_enabled():
         grad_input, grad_hx, grad_weights = _differentiable_backward(
@@ -200,7 +203,8 @@ def _backward_impl(device_type: str):
 
 
 class _EagerGRU(torch.autograd.Function):
-    """The eager training path. The same two ops and the same backward as the autograd formula
+    """The eager training path on devices other than the CPU (whose node is built in C++:
+    csrc/cpu/autograd.cpp). The same two ops and the same backward as the autograd formula
     registered above, without the generic wrapper's per-call flattening of every argument, which
     costs more than a whole small GRU. Used only in plain eager mode (see `_plain_eager`);
     torch.compile, functorch transforms, dispatch modes and tracing go through the registered
@@ -454,6 +458,11 @@ def gru(
             output, hy, _, _ = _forward_op(
                 input, hx, weights, batch_sizes, mask, has_biases, num_layers, bidirectional,
                 need_workspace)
+        elif need_workspace and device.type == "cpu":
+            # The autograd node built in C++ (csrc/cpu/autograd.cpp): the same ops and
+            # backward as _EagerGRU, without Python in the forward's or the backward's way.
+            output, hy = _C._cpu_gru_train(input, weights, hx, batch_sizes, mask, has_biases,
+                                           num_layers, bidirectional)
         elif need_workspace:
             output, hy = _EagerGRU.apply(input, hx, batch_sizes, mask, has_biases, num_layers,
                                          bidirectional, *weights)

@@ -1,0 +1,134 @@
+// autograd.cpp: the eager CPU training path as a C++ autograd Function.
+//
+// The same two CPU implementations as the ops (gru_cpu.h) and the same backward as the autograd
+// formula registered in Python (gru_native/ops.py), with the graph node built and run in C++:
+// a Python autograd.Function costs tens of microseconds per forward and per backward (argument
+// tuples, ctx.saved_tensors, the GIL on the engine's thread), more than a whole small GRU.
+// Used only in plain eager mode (see ops.py); compile, functorch transforms, dispatch modes and
+// tracing go through the registered ops.
+//
+// A backward that must itself be differentiable (create_graph=True) is computed by the Python
+// callable registered with set_differentiable_backward (autograd through the plain-PyTorch
+// reference), as the Python path does.
+#include "cpu/autograd.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "cpu/gru_cpu.h"
+
+namespace gru_native {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Never freed: a Python object must not be destroyed after the interpreter has finalised.
+pybind11::object* differentiable_backward = nullptr;
+
+std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
+  // Argument order fixes the gradient slots: input, each weight, then hx.
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               at::TensorList weights, const std::optional<at::Tensor>& hx,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               const std::optional<at::Tensor>& dropout_mask, bool has_biases,
+                               int64_t num_layers, bool bidirectional) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const std::vector<at::Tensor> w(weights.begin(), weights.end());
+    auto [output, hy, workspace, layer_outputs] = cpu_forward_direct(
+        input, hx, w, batch_sizes, dropout_mask, has_biases, num_layers, bidirectional, true);
+    ctx->set_materialize_grads(false);
+    variable_list saved{input,
+                        hx.value_or(at::Tensor()),
+                        output,
+                        workspace,
+                        layer_outputs,
+                        batch_sizes.value_or(at::Tensor()),
+                        dropout_mask.value_or(at::Tensor())};
+    saved.insert(saved.end(), w.begin(), w.end());
+    ctx->save_for_backward(std::move(saved));
+    ctx->saved_data["has_biases"] = has_biases;
+    ctx->saved_data["num_layers"] = num_layers;
+    ctx->saved_data["bidirectional"] = bidirectional;
+    return {output, hy};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool has_biases = ctx->saved_data["has_biases"].toBool();
+    const int64_t num_layers = ctx->saved_data["num_layers"].toInt();
+    const bool bidirectional = ctx->saved_data["bidirectional"].toBool();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& hx = saved[1];
+    const std::vector<at::Tensor> weights(saved.begin() + 7, saved.end());
+    const size_t P = weights.size();
+
+    at::Tensor grad_input, grad_hx;
+    std::vector<at::Tensor> grad_weights(P);
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      TORCH_CHECK(differentiable_backward != nullptr,
+                  "gru_native: no differentiable backward registered");
+      pybind11::gil_scoped_acquire gil;
+      pybind11::list py_saved;
+      for (const at::Tensor& t : saved) py_saved.append(defined_or_none(t));
+      const pybind11::tuple result = (*differentiable_backward)(
+          pybind11::tuple(py_saved), defined_or_none(grads[0]), defined_or_none(grads[1]),
+          has_biases, num_layers, bidirectional);
+      grad_input = result[0].cast<std::optional<at::Tensor>>().value_or(at::Tensor());
+      grad_hx = result[1].cast<std::optional<at::Tensor>>().value_or(at::Tensor());
+      const auto gw = result[2].cast<std::vector<std::optional<at::Tensor>>>();
+      for (size_t i = 0; i < P && i < gw.size(); ++i) {
+        grad_weights[i] = gw[i].value_or(at::Tensor());
+      }
+    } else {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      bool need_weight_grad = false;
+      for (size_t i = 0; i < P; ++i) need_weight_grad |= ctx->needs_input_grad(1 + i);
+      auto [gi, gh, gw] = cpu_backward_direct(
+          defined_or_none(grads[0]), defined_or_none(grads[1]), input, defined_or_none(hx),
+          weights, defined_or_none(saved[5]), defined_or_none(saved[6]), saved[2], saved[3],
+          saved[4], has_biases, num_layers, bidirectional, ctx->needs_input_grad(0),
+          need_weight_grad);
+      if (ctx->needs_input_grad(0)) grad_input = gi;
+      if (hx.defined()) grad_hx = gh;
+      if (need_weight_grad) grad_weights = gw;
+    }
+    // One slot per forward argument: input, the weights, hx, batch_sizes, dropout_mask and the
+    // three non-tensor arguments.
+    variable_list result;
+    result.reserve(1 + P + 6);
+    result.push_back(grad_input);
+    result.insert(result.end(), grad_weights.begin(), grad_weights.end());
+    result.push_back(grad_hx);
+    result.resize(1 + P + 6);
+    return result;
+  }
+};
+
+}  // namespace
+
+void set_differentiable_backward(pybind11::object fn) {
+  if (differentiable_backward == nullptr) {
+    differentiable_backward = new pybind11::object(std::move(fn));
+  } else {
+    *differentiable_backward = std::move(fn);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cpu_gru_train(
+    const at::Tensor& input, const std::vector<at::Tensor>& weights,
+    const std::optional<at::Tensor>& hx, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_mask, bool has_biases, int64_t num_layers,
+    bool bidirectional) {
+  auto out = GRUNativeBackward::apply(input, at::TensorList(weights), hx, batch_sizes,
+                                      dropout_mask, has_biases, num_layers, bidirectional);
+  return {out[0], out[1]};
+}
+
+}  // namespace gru_native
