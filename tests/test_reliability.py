@@ -396,3 +396,63 @@ def test_backward_op_without_workspace_raises():
     with pytest.raises(RuntimeError, match="workspace has shape"):
         torch.ops.gru_native.gru_backward(torch.ones_like(out), None, x, None, ws, None, None,
                                           out, work, lower, True, 1, False, True, True)
+
+
+# -- autograd machinery around the training node ----------------------------------------------
+
+
+def _autograd_features():
+    import threading
+    from torch.utils.checkpoint import checkpoint
+
+    def in_thread(step):
+        box = []
+        t = threading.Thread(target=lambda: box.append(step()))
+        t.start()
+        t.join()
+        return box[0]
+
+    def with_context(make_ctx):
+        def run(m, x):
+            with make_ctx():
+                return m(x)
+        return run
+
+    return {
+        "checkpoint-reentrant": lambda m, x: checkpoint(m, x, use_reentrant=True),
+        "checkpoint-non-reentrant": lambda m, x: checkpoint(m, x, use_reentrant=False),
+        "save_on_cpu": with_context(torch.autograd.graph.save_on_cpu),
+        "anomaly-mode": with_context(torch.autograd.detect_anomaly),
+        "backward-in-a-thread": "thread",
+        "retain-graph-twice": "retain",
+        "packed": "packed",
+    }, in_thread
+
+
+@pytest.mark.parametrize("feature", list(_autograd_features()[0]))
+def test_autograd_features_give_nn_grus_gradients(feature):
+    # Activation checkpointing, saved-tensor hooks, anomaly mode, a backward run from another
+    # thread, a retained graph: the gradients are nn.GRU's.
+    features, in_thread = _autograd_features()
+    how = features[feature]
+    results = []
+    for m in make_pair(3, 4, 2, bidirectional=True, dtype=torch.float64):
+        torch.manual_seed(2)
+        x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+        if how == "packed":
+            out, h = m(pack_sequence([x[:, 0], x[:4, 1]]))
+            out = out.data
+        else:
+            out, h = how(m, x) if callable(how) else m(x)
+        loss = out.pow(2).sum() + h.sum()
+        if how == "thread":
+            in_thread(loss.backward)
+        elif how == "retain":
+            loss.backward(retain_graph=True)
+            loss.backward()
+        else:
+            loss.backward()
+        results.append([x.grad] + [p.grad for p in m.parameters()])
+    ref, ours = results
+    for a, b in zip(ours, ref):
+        assert_close(a, b, feature, dtype=torch.float64)

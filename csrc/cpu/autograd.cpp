@@ -32,6 +32,9 @@ std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+}  // namespace
+
+// Outside the anonymous namespace: its name is the node's name (grad_fn.name()).
 struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
   // Argument order fixes the gradient slots: input, each weight, then hx.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
@@ -110,8 +113,6 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
     return result;
   }
 };
-
-}  // namespace
 
 void set_differentiable_backward(pybind11::object fn) {
   if (differentiable_backward == nullptr) {
