@@ -36,14 +36,17 @@ std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
 
 // Outside the anonymous namespace: its name is the node's name (grad_fn.name()).
 struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
-  // Argument order fixes the gradient slots: input, each weight, then hx.
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               at::TensorList weights, const std::optional<at::Tensor>& hx,
+  // `tensors` is [input, *weights, hx if given]: everything that can take a gradient, in one
+  // list (an optional tensor argument is a variable only in some torch versions).
+  static variable_list forward(AutogradContext* ctx, at::TensorList tensors,
                                const std::optional<at::Tensor>& batch_sizes,
-                               const std::optional<at::Tensor>& dropout_mask, bool has_biases,
-                               int64_t num_layers, bool bidirectional) {
+                               const std::optional<at::Tensor>& dropout_mask, bool has_hx,
+                               bool has_biases, int64_t num_layers, bool bidirectional) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const std::vector<at::Tensor> w(weights.begin(), weights.end());
+    const at::Tensor& input = tensors[0];
+    const std::vector<at::Tensor> w(tensors.begin() + 1, tensors.end() - (has_hx ? 1 : 0));
+    const std::optional<at::Tensor> hx =
+        has_hx ? std::optional<at::Tensor>(tensors.back()) : std::nullopt;
     auto [output, hy, workspace, layer_outputs] = cpu_forward_direct(
         input, hx, w, batch_sizes, dropout_mask, has_biases, num_layers, bidirectional, true);
     ctx->set_materialize_grads(false);
@@ -102,14 +105,14 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
       if (hx.defined()) grad_hx = gh;
       if (need_weight_grad) grad_weights = gw;
     }
-    // One slot per forward argument: input, the weights, hx, batch_sizes, dropout_mask and the
-    // three non-tensor arguments.
+    // One slot per element of `tensors` (input, the weights, hx if given), then one per other
+    // argument (batch_sizes, dropout_mask and four non-tensors): no gradient there.
     variable_list result;
-    result.reserve(1 + P + 6);
+    result.reserve(1 + P + 1 + 6);
     result.push_back(grad_input);
     result.insert(result.end(), grad_weights.begin(), grad_weights.end());
-    result.push_back(grad_hx);
-    result.resize(1 + P + 6);
+    if (hx.defined()) result.push_back(grad_hx);
+    result.resize(result.size() + 6);
     return result;
   }
 };
@@ -127,8 +130,14 @@ std::tuple<at::Tensor, at::Tensor> cpu_gru_train(
     const std::optional<at::Tensor>& hx, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, bool has_biases, int64_t num_layers,
     bool bidirectional) {
-  auto out = GRUNativeBackward::apply(input, at::TensorList(weights), hx, batch_sizes,
-                                      dropout_mask, has_biases, num_layers, bidirectional);
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(weights.size() + 2);
+  tensors.push_back(input);
+  tensors.insert(tensors.end(), weights.begin(), weights.end());
+  if (hx.has_value() && hx->defined()) tensors.push_back(*hx);
+  auto out = GRUNativeBackward::apply(at::TensorList(tensors), batch_sizes, dropout_mask,
+                                      tensors.size() > weights.size() + 1, has_biases,
+                                      num_layers, bidirectional);
   return {out[0], out[1]};
 }
 
