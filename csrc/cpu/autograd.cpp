@@ -15,6 +15,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/extension.h>
 
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/gru_cpu.h"
@@ -30,6 +32,24 @@ pybind11::object* differentiable_backward = nullptr;
 
 std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// ctx->needs_input_grad(edge) where this torch has it (it says what this backward pass needs);
+// otherwise whether the tensor required a gradient at the forward.
+template <typename Ctx, typename = void>
+struct HasNeedsInputGrad : std::false_type {};
+template <typename Ctx>
+struct HasNeedsInputGrad<
+    Ctx, std::void_t<decltype(std::declval<const Ctx&>().needs_input_grad(size_t{0}))>>
+    : std::true_type {};
+
+template <typename Ctx>
+bool needs_grad(const Ctx* ctx, size_t edge, bool required_at_forward) {
+  if constexpr (HasNeedsInputGrad<Ctx>::value) {
+    return ctx->needs_input_grad(edge);
+  } else {
+    return required_at_forward;
+  }
 }
 
 }  // namespace
@@ -62,6 +82,10 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
     ctx->saved_data["has_biases"] = has_biases;
     ctx->saved_data["num_layers"] = num_layers;
     ctx->saved_data["bidirectional"] = bidirectional;
+    bool weights_require_grad = false;
+    for (const at::Tensor& t : w) weights_require_grad |= t.requires_grad();
+    ctx->saved_data["input_requires_grad"] = input.requires_grad();
+    ctx->saved_data["weights_require_grad"] = weights_require_grad;
     return {output, hy};
   }
 
@@ -94,14 +118,16 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
       }
     } else {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const bool weights_required = ctx->saved_data["weights_require_grad"].toBool();
       bool need_weight_grad = false;
-      for (size_t i = 0; i < P; ++i) need_weight_grad |= ctx->needs_input_grad(1 + i);
+      for (size_t i = 0; i < P; ++i) need_weight_grad |= needs_grad(ctx, 1 + i, weights_required);
+      const bool need_input_grad =
+          needs_grad(ctx, 0, ctx->saved_data["input_requires_grad"].toBool());
       auto [gi, gh, gw] = cpu_backward_direct(
           defined_or_none(grads[0]), defined_or_none(grads[1]), input, defined_or_none(hx),
           weights, defined_or_none(saved[5]), defined_or_none(saved[6]), saved[2], saved[3],
-          saved[4], has_biases, num_layers, bidirectional, ctx->needs_input_grad(0),
-          need_weight_grad);
-      if (ctx->needs_input_grad(0)) grad_input = gi;
+          saved[4], has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad);
+      if (need_input_grad) grad_input = gi;
       if (hx.defined()) grad_hx = gh;
       if (need_weight_grad) grad_weights = gw;
     }
