@@ -120,18 +120,18 @@ def _setup_context(ctx, inputs, output):
 
 
 def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirectional,
-                  need_input_grad, need_weight_grad, forward=None, backward=None):
+                  need_input_grad, need_weight_grad):
     """The backward op on what the forward saved; returns (grad_input, grad_hx, grad_weights)
     with None where no gradient is needed."""
     (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask, *weights) = saved
     if workspace.dim() != 4:
         # The forward was asked not to keep its workspace (need_workspace=False) and yet a
         # gradient is wanted: recompute it, like activation checkpointing would.
-        out, _, workspace, layer_outputs = (forward or _forward_op)(
+        out, _, workspace, layer_outputs = _forward_op(
             input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
             bidirectional, True,
         )
-    grad_input, grad_hx, grad_weights = (backward or _backward_op)(
+    grad_input, grad_hx, grad_weights = _backward_op(
         grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, out, workspace,
         layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
     )
@@ -192,16 +192,6 @@ torch.library.register_autograd(
 )
 
 
-def _forward_impl(device_type: str):
-    """The forward op below autograd: on the CPU, its implementation called directly (a call
-    through torch.ops boxes every argument, which costs more than a whole small GRU)."""
-    return _C._cpu_gru_forward if device_type == "cpu" else _forward_op
-
-
-def _backward_impl(device_type: str):
-    return _C._cpu_gru_backward if device_type == "cpu" else _backward_op
-
-
 class _EagerGRU(torch.autograd.Function):
     """The eager training path on devices other than the CPU (whose node is built in C++:
     csrc/cpu/autograd.cpp). The same two ops and the same backward as the autograd formula
@@ -214,7 +204,7 @@ class _EagerGRU(torch.autograd.Function):
     def forward(ctx, input, hx, batch_sizes, dropout_mask, has_biases, num_layers,
                 bidirectional, *weights):
         with _BelowAutograd():
-            out, hy, workspace, layer_outputs = _forward_impl(input.device.type)(
+            out, hy, workspace, layer_outputs = _forward_op(
                 input, hx, list(weights), batch_sizes, dropout_mask, has_biases, num_layers,
                 bidirectional, True)
         ctx.set_materialize_grads(False)
@@ -231,11 +221,9 @@ class _EagerGRU(torch.autograd.Function):
             grad_input, grad_hx, grad_weights = _differentiable_backward(
                 saved, grad_output, grad_hy, *ctx.args)
             return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
-        device_type = saved[0].device.type
         with _BelowAutograd():
             grad_input, grad_hx, grad_weights = _run_backward(
-                saved, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]),
-                _forward_impl(device_type), _backward_impl(device_type))
+                saved, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]))
         return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
 
 
@@ -248,6 +236,21 @@ def _under_transform() -> bool:
     """Inside a torch.func transform (grad, vjp, jvp, jacrev, jacfwd, vmap, ...) or a
     forward-mode AD level (torch.autograd.forward_ad.dual_level)."""
     return _functorch_active() or _forward_ad._current_level >= 0
+
+
+def _torch_op_wanted() -> bool:
+    """Whether torch's own op (what nn.GRU / nn.GRUCell call) must run instead of the fused one.
+    Never in plain eager mode:
+    - exporting to ONNX: both of torch's ONNX exporters translate it to ONNX's GRU operator
+      (linear_before_reset=1);
+    - torch.jit.trace: the traced graph is nn.GRU's (aten::gru: it loads without gru_native, in
+      libtorch too, and is the same whether or not gradients were enabled while tracing, which
+      trace's check requires);
+    - torch.func transforms and forward-mode AD: the fused ops have no forward-mode formula and
+      a custom op's autograd does not compose with torch.func; nn.GRU's op does whatever nn.GRU
+      does there (grad, jvp, jacfwd... work; vmap raises nn.GRU's error)."""
+    return (torch.onnx.is_in_onnx_export() or _tracing_state() is not None
+            or (not _is_compiling() and _under_transform()))
 
 
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack
@@ -409,18 +412,7 @@ def gru(
     if not (plain and device.type == "cpu" and input.dtype in _CPU_DTYPES):
         # Everything but the plain eager CPU call (which needs none of this: no export traces
         # it, CPU autocast does not touch it, and the direct CPU entry checks devices itself).
-        if (torch.onnx.is_in_onnx_export() or _tracing_state() is not None
-                or (not _is_compiling() and _under_transform())):
-            # nn.GRU's own op (never in plain eager mode):
-            # - exporting to ONNX: both of torch's ONNX exporters translate it to ONNX's GRU
-            #   operator (linear_before_reset=1);
-            # - torch.jit.trace: the traced graph is nn.GRU's (aten::gru: it loads without
-            #   gru_native, in libtorch too, and is the same whether or not gradients were
-            #   enabled while tracing, which trace's check requires);
-            # - torch.func transforms and forward-mode AD: the fused ops have no forward-mode
-            #   formula and a custom op's autograd does not compose with torch.func; nn.GRU's
-            #   op does whatever nn.GRU does there (grad, jvp, jacfwd... work; vmap raises
-            #   nn.GRU's error).
+        if _torch_op_wanted():
             return _torch_gru(input, hx, weights, has_biases, num_layers, dropout, train,
                               bidirectional, batch_first, batch_sizes, hidden_size)
         if device.type == "cuda" and _cuda_autocast_dtype() is not None:
@@ -516,8 +508,7 @@ def gru_cell(
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if has_biases else [])
     if ok:
         ok = all(t.dtype == input.dtype and t.device == input.device for t in [hx] + weights)
-    if (not ok or torch.onnx.is_in_onnx_export() or _tracing_state() is not None
-            or (not _is_compiling() and _under_transform())):
+    if not ok or _torch_op_wanted():
         return torch._VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     _, hy = gru(input.unsqueeze(0), hx.unsqueeze(0), weights, has_biases, 1, 0.0, False, False)
     return hy[0]
