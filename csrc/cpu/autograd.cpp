@@ -35,7 +35,7 @@ std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
 }
 
 // ctx->needs_input_grad(edge) where this torch has it (it says what this backward pass needs);
-// otherwise whether the tensor required a gradient at the forward.
+// otherwise whether the tensor required a gradient at the forward, saved by the forward.
 template <typename Ctx, typename = void>
 struct HasNeedsInputGrad : std::false_type {};
 template <typename Ctx>
@@ -43,12 +43,13 @@ struct HasNeedsInputGrad<
     Ctx, std::void_t<decltype(std::declval<const Ctx&>().needs_input_grad(size_t{0}))>>
     : std::true_type {};
 
+// `key` names the flag the forward saved for torches without it.
 template <typename Ctx>
-bool needs_grad(const Ctx* ctx, size_t edge, bool required_at_forward) {
+bool needs_grad(Ctx* ctx, size_t edge, const char* key) {
   if constexpr (HasNeedsInputGrad<Ctx>::value) {
     return ctx->needs_input_grad(edge);
   } else {
-    return required_at_forward;
+    return ctx->saved_data[key].toBool();
   }
 }
 
@@ -82,10 +83,12 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
     ctx->saved_data["has_biases"] = has_biases;
     ctx->saved_data["num_layers"] = num_layers;
     ctx->saved_data["bidirectional"] = bidirectional;
-    bool weights_require_grad = false;
-    for (const at::Tensor& t : w) weights_require_grad |= t.requires_grad();
-    ctx->saved_data["input_requires_grad"] = input.requires_grad();
-    ctx->saved_data["weights_require_grad"] = weights_require_grad;
+    if constexpr (!HasNeedsInputGrad<AutogradContext>::value) {
+      bool weights_require_grad = false;
+      for (const at::Tensor& t : w) weights_require_grad |= t.requires_grad();
+      ctx->saved_data["input_requires_grad"] = input.requires_grad();
+      ctx->saved_data["weights_require_grad"] = weights_require_grad;
+    }
     return {output, hy};
   }
 
@@ -118,11 +121,11 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
       }
     } else {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const bool weights_required = ctx->saved_data["weights_require_grad"].toBool();
       bool need_weight_grad = false;
-      for (size_t i = 0; i < P; ++i) need_weight_grad |= needs_grad(ctx, 1 + i, weights_required);
-      const bool need_input_grad =
-          needs_grad(ctx, 0, ctx->saved_data["input_requires_grad"].toBool());
+      for (size_t i = 0; i < P; ++i) {
+        need_weight_grad |= needs_grad(ctx, 1 + i, "weights_require_grad");
+      }
+      const bool need_input_grad = needs_grad(ctx, 0, "input_requires_grad");
       auto [gi, gh, gw] = cpu_backward_direct(
           defined_or_none(grads[0]), defined_or_none(grads[1]), input, defined_or_none(hx),
           weights, defined_or_none(saved[5]), defined_or_none(saved[6]), saved[2], saved[3],
