@@ -213,6 +213,21 @@ __device__ __forceinline__ void prev_rows(const PersistentLayer<T>& p, int d, in
   }
 }
 
+// The hidden units a persistent block owns: direction d, units [j0, j0 + w) (the last block of a
+// direction may own fewer than `slice`, or none).
+struct BlockUnits {
+  int d;
+  int64_t j0, w;
+};
+__device__ __forceinline__ BlockUnits block_units(int blocks_per_direction, int64_t slice,
+                                                  int64_t H) {
+  BlockUnits u;
+  u.d = blockIdx.x / blocks_per_direction;
+  u.j0 = (blockIdx.x % blocks_per_direction) * slice;
+  u.w = u.j0 < H ? (u.j0 + slice < H ? slice : H - u.j0) : 0;
+  return u;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_forward_kernel(PersistentLayer<T> p, int blocks_per_direction, int64_t slice) {
@@ -220,10 +235,10 @@ __global__ void __launch_bounds__(kPersistentThreads)
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
-  const int d = blockIdx.x / blocks_per_direction;
   const int64_t H = p.H, G = kGates * H, N = p.N;
-  const int64_t j0 = (blockIdx.x % blocks_per_direction) * slice;
-  const int64_t w = j0 < H ? (j0 + slice < H ? slice : H - j0) : 0;
+  const BlockUnits u = block_units(blocks_per_direction, slice, H);
+  const int d = u.d;
+  const int64_t j0 = u.j0, w = u.w;
   const int64_t S = kGates * slice;  // row length of the shared W slice
   T* ws_w = reinterpret_cast<T*>(smem);
   A* hs = reinterpret_cast<A*>(smem + align16(H * S * sizeof(T)));
@@ -291,10 +306,10 @@ __global__ void __launch_bounds__(kPersistentThreads)
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   extern __shared__ __align__(16) unsigned char smem[];
-  const int d = blockIdx.x / blocks_per_direction;
   const int64_t H = p.H, G = kGates * H, ld = p.ld;
-  const int64_t j0 = (blockIdx.x % blocks_per_direction) * slice;
-  const int64_t w = j0 < H ? (j0 + slice < H ? slice : H - j0) : 0;
+  const BlockUnits u = block_units(blocks_per_direction, slice, H);
+  const int d = u.d;
+  const int64_t j0 = u.j0, w = u.w;
   T* ws_w = reinterpret_cast<T*>(smem);  // [3H][slice]: W_hh[k][j0 + jj]
   const T* W = p.w_hh[d];
   for (int64_t e = threadIdx.x; e < G * w; e += blockDim.x) {
