@@ -97,18 +97,25 @@ def test_cuda_packed_parity(bi, sort, path):
         assert_close(a, b, "packed grad")
 
 
+def _half_trio(C, H, dtype):
+    """A float64 CPU nn.GRU (2 layers, bidirectional) and nn.GRU and gru_native.GRU on CUDA in
+    `dtype`, all with its weights."""
+    torch.manual_seed(0)
+    ref64 = nn.GRU(C, H, 2, bidirectional=True, dtype=torch.float64)
+    ref = nn.GRU(C, H, 2, bidirectional=True).to("cuda", dtype)
+    ours = gru_native.GRU(C, H, 2, bidirectional=True).to("cuda", dtype)
+    ref.load_state_dict(ref64.state_dict())
+    ours.load_state_dict(ref64.state_dict())
+    return ref64, ref, ours
+
+
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_cuda_half_types_error_at_most_twice_nn_gru(dtype, path):
-    torch.manual_seed(0)
-    ref64 = nn.GRU(32, 64, 2, bidirectional=True, dtype=torch.float64)
+    ref64, ref, ours = _half_trio(32, 64, dtype)
     x64 = torch.randn(20, 4, 32, dtype=torch.float64)
     with torch.no_grad():
         truth, _ = ref64(x64)
-    ref = nn.GRU(32, 64, 2, bidirectional=True).to("cuda", dtype)
-    ref.load_state_dict(ref64.state_dict())
-    ours = gru_native.GRU(32, 64, 2, bidirectional=True).to("cuda", dtype)
-    ours.load_state_dict(ref64.state_dict())
     x = x64.to("cuda", dtype)
     with torch.no_grad():
         err_ref = (ref(x)[0].double().cpu() - truth).abs().max().item()
@@ -121,8 +128,7 @@ def test_cuda_half_types_error_at_most_twice_nn_gru(dtype, path):
 def test_cuda_half_types_gradients_error_at_most_twice_nn_gru(dtype, path):
     # The backward in half types: each gradient's error against float64 is at most twice the
     # error nn.GRU makes in the same dtype.
-    torch.manual_seed(0)
-    ref64 = nn.GRU(16, 32, 2, bidirectional=True, dtype=torch.float64)
+    ref64, ref, ours = _half_trio(16, 32, dtype)
     x64 = torch.randn(12, 4, 16, dtype=torch.float64)
     g64 = torch.randn(12, 4, 64, dtype=torch.float64)
 
@@ -132,10 +138,6 @@ def test_cuda_half_types_gradients_error_at_most_twice_nn_gru(dtype, path):
         return torch.autograd.grad(out, [x] + list(m.parameters()), g)
 
     truth = grads(ref64, x64, g64)
-    ref = nn.GRU(16, 32, 2, bidirectional=True).to("cuda", dtype)
-    ours = gru_native.GRU(16, 32, 2, bidirectional=True).to("cuda", dtype)
-    ref.load_state_dict(ref64.state_dict())
-    ours.load_state_dict(ref64.state_dict())
     x, g = x64.to("cuda", dtype), g64.to("cuda", dtype)
     for name, t, r, o in zip(["input"] + [n for n, _ in ref.named_parameters()], truth,
                              grads(ref, x, g), grads(ours, x, g)):

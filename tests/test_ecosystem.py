@@ -40,6 +40,16 @@ def _grads(model, x):
     return y, h, [p.grad.clone() for p in model.parameters()]
 
 
+def _assert_same_run(model, expected_model, x, what):
+    """model(x) and expected_model(x): same output, h_n and parameter gradients."""
+    y, h, g = _grads(model, x)
+    y_e, h_e, g_e = _grads(expected_model, x)
+    assert_close(y, y_e, f"{what} output")
+    assert_close(h, h_e, f"{what} h_n")
+    for a, b in zip(g, g_e):
+        assert_close(a, b, f"{what} gradient")
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_compile_fullgraph_forward_backward(dynamic):
     torch._dynamo.reset()
@@ -48,12 +58,7 @@ def test_compile_fullgraph_forward_backward(dynamic):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     for T in (7, 11, 4):  # varying sequence lengths: recompiles, or one dynamic graph
         x = torch.randn(3, T, 6)
-        y_c, h_c, g_c = _grads(compiled, x)
-        y_e, h_e, g_e = _grads(model, x)
-        assert_close(y_c, y_e, "output")
-        assert_close(h_c, h_e, "h_n")
-        for a, b in zip(g_c, g_e):
-            assert_close(a, b, "grad")
+        _assert_same_run(compiled, model, x, "compiled")
 
 
 def test_compile_packed_with_inductor():
@@ -426,6 +431,7 @@ def test_jit_trace_records_nn_grus_graph(train):
     x = torch.randn(3, 7, 6)
     traced_ours = torch.jit.trace(ours, (x,))
     traced_ref = torch.jit.trace(ref, (x,))
+
     def ops(traced):  # what computes (the zero h0's size may be read from a weight)
         return [n.kind() for n in traced.inlined_graph.nodes()
                 if n.kind().startswith("aten::") and n.kind() != "aten::size"]
@@ -433,12 +439,7 @@ def test_jit_trace_records_nn_grus_graph(train):
     assert ops(traced_ours).count("aten::gru") == 1
     assert ops(traced_ours) == ops(traced_ref)
     assert not any("gru_native" in n.kind() for n in traced_ours.inlined_graph.nodes())
-    y_t, h_t, g_t = _grads(traced_ours, x)
-    y_e, h_e, g_e = _grads(ours, x)
-    assert_close(y_t, y_e, "traced output")
-    assert_close(h_t, h_e, "traced h_n")
-    for a, b in zip(g_t, g_e):
-        assert_close(a, b, "traced gradient")
+    _assert_same_run(traced_ours, ours, x, "traced")
     cell_ref, cell_ours = _same_model(lambda: CellLoop(gru_native.GRUCell),
                                       lambda: CellLoop(nn.GRUCell))
     xs, h0 = torch.randn(4, 2, 6), torch.randn(2, 5)
