@@ -1,7 +1,6 @@
 """gru_native.GRU in the ways nn.GRU is used: torch.compile (fullgraph), convert/to_torch,
 GRUCell, autocast, double backward, DistributedDataParallel, torch.export and ONNX."""
 
-import os
 import socket
 import warnings
 
