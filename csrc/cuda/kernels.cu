@@ -1,4 +1,8 @@
-// kernels.cu: the CUDA kernels (see kernels.cuh). ATen-free: compiles with nvcc alone.
+// kernels.cu: the CUDA kernels (see kernels.cuh). ATen-free: compiles with nvcc alone, and with
+// the host compiler against the CUDA emulation (csrc/cuda/emulation/runtime.h), unchanged: kernels
+// are launched through the runtime API (cudaLaunchKernel, cudaLaunchCooperativeKernel), dynamic
+// shared memory is declared with GRU_DYNAMIC_SHARED, and the one PTX instruction has a plain
+// equivalent off the GPU.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -6,9 +10,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
+#include <utility>
 
 #include "cuda/kernels.cuh"
 #include "gru_cell.h"
+
+#ifndef GRU_DYNAMIC_SHARED  // the emulation defines its own
+#define GRU_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 namespace gru_native::cuda {
 namespace {
@@ -51,18 +61,24 @@ __device__ __forceinline__ typename Acc<T>::type load_cg(const T* p) {
   return to_acc(__ldcg(p));  // float, double: CUDA's __ldcg is volatile asm
 }
 // CUDA's 16-bit __ldcg overloads are asm without volatile or a memory clobber, which the compiler
-// may hoist above grid.sync(): these are pinned in place.
-template <>
-__device__ __forceinline__ float load_cg<__half>(const __half* p) {
+// may hoist above grid.sync(): this one is pinned in place. (Off the GPU, in the emulation, a plain
+// load: its barriers order memory.)
+__device__ __forceinline__ unsigned short load_cg_u16(const void* p) {
+#ifdef __CUDA_ARCH__
   unsigned short u;
   asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
-  return __half2float(__ushort_as_half(u));
+  return u;
+#else
+  return *static_cast<const unsigned short*>(p);
+#endif
+}
+template <>
+__device__ __forceinline__ float load_cg<__half>(const __half* p) {
+  return __half2float(__ushort_as_half(load_cg_u16(p)));
 }
 template <>
 __device__ __forceinline__ float load_cg<__nv_bfloat16>(const __nv_bfloat16* p) {
-  unsigned short u;
-  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
-  return __bfloat162float(__ushort_as_bfloat16(u));
+  return __bfloat162float(__ushort_as_bfloat16(load_cg_u16(p)));
 }
 
 template <typename T>
@@ -73,6 +89,24 @@ __device__ __forceinline__ typename Acc<T>::type bias_at(const T* b, int64_t i) 
 int blocks_for(int64_t total) {
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
+}
+
+template <typename... P, size_t... I>
+cudaError_t launch_with(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block,
+                        size_t smem, cudaStream_t stream, std::tuple<P...>& values,
+                        std::index_sequence<I...>) {
+  void* args[] = {&std::get<I>(values)...};
+  return cooperative ? cudaLaunchCooperativeKernel(kernel, grid, block, args, smem, stream)
+                     : cudaLaunchKernel(kernel, grid, block, args, smem, stream);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), or its cooperative launch.
+template <typename... P, typename... A>
+cudaError_t launch(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, const A&... args) {
+  std::tuple<P...> values(args...);
+  return launch_with(kernel, cooperative, grid, block, smem, stream, values,
+                     std::index_sequence_for<P...>());
 }
 
 // -- the GEMM path's pointwise kernels ---------------------------------------------------------
@@ -234,7 +268,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
   using A = typename Acc<T>::type;
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ __align__(16) unsigned char smem[];
+  GRU_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = kGates * H, N = p.N;
   const BlockUnits u = block_units(blocks_per_direction, slice, H);
   const int d = u.d;
@@ -305,7 +339,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
   using A = typename Acc<T>::type;
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
-  extern __shared__ __align__(16) unsigned char smem[];
+  GRU_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = kGates * H, ld = p.ld;
   const BlockUnits u = block_units(blocks_per_direction, slice, H);
   const int d = u.d;
@@ -368,31 +402,28 @@ template <typename T>
 cudaError_t forward_step(const ForwardStep<T>& args, cudaStream_t stream) {
   const int64_t total = (args.rows[0] + (args.D > 1 ? args.rows[1] : 0)) * args.H;
   if (total == 0) return cudaSuccess;
-  forward_step_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return launch(forward_step_kernel<T>, false, blocks_for(total), kThreads, 0, stream, args);
 }
 
 template <typename T>
 cudaError_t backward_step(const BackwardStep<T>& args, cudaStream_t stream) {
   const int64_t total = args.D * args.N * args.H;
   if (total == 0) return cudaSuccess;
-  backward_step_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return launch(backward_step_kernel<T>, false, blocks_for(total), kThreads, 0, stream, args);
 }
 
 template <typename T>
 cudaError_t column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst,
                        cudaStream_t stream) {
   if (cols == 0) return cudaSuccess;
-  column_sum_kernel<T><<<blocks_for(cols), kThreads, 0, stream>>>(rows, cols, src, ld, dst);
-  return cudaGetLastError();
+  return launch(column_sum_kernel<T>, false, blocks_for(cols), kThreads, 0, stream, rows, cols,
+                src, ld, dst);
 }
 
 template <typename T>
 cudaError_t multiply(int64_t n, const T* a, const T* b, T* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  multiply_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(n, a, b, out);
-  return cudaGetLastError();
+  return launch(multiply_kernel<T>, false, blocks_for(n), kThreads, 0, stream, n, a, b, out);
 }
 
 template <typename T>
@@ -441,14 +472,9 @@ template <typename T>
 static cudaError_t launch_persistent(bool backward, const PersistentLayer<T>& layer,
                                      const PersistentPlan& plan, cudaStream_t stream) {
   if (!plan.fits) return cudaErrorInvalidConfiguration;
-  PersistentLayer<T> args = layer;
-  int blocks = plan.blocks_per_direction;
-  int64_t slice = plan.slice;
-  void* kernel_args[] = {&args, &blocks, &slice};
   auto kernel = backward ? persistent_backward_kernel<T> : persistent_forward_kernel<T>;
-  return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel),
-                                     dim3(plan.blocks_per_direction * layer.D),
-                                     dim3(plan.threads), kernel_args, plan.smem, stream);
+  return launch(kernel, true, dim3(plan.blocks_per_direction * layer.D), dim3(plan.threads),
+                plan.smem, stream, layer, plan.blocks_per_direction, plan.slice);
 }
 
 template <typename T>
