@@ -1,11 +1,10 @@
-// gru_cuda.cpp: the CUDA implementations of the gru_native ops: the shared driver (gru_stack.h)
-// on the CUDA kernels (kernels.cu), with the GEMMs in cuBLAS through ATen on the current stream.
-// The binding layer: device guard, current stream, dtype mapping, launch checks.
+// gru_cuda.cpp: the CUDA implementations of the gru_native ops: the shared driver (gru_stack.h) on
+// the CUDA kernels (kernels.cu). The binding layer: path choice, the GEMM path's step loop, the
+// persistent path's setup, dtype mapping. Everything device-specific (stream, device guard,
+// memory, copies, GEMMs, error checks) goes through device.h, so this one source serves a GPU
+// (device_cuda.cpp) and the CUDA emulation on CPU tensors (emulation/device_emulated.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
@@ -14,8 +13,13 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda/device.h"
 #include "cuda/kernels.cuh"
 #include "gru_stack.h"
+
+#ifdef GRU_NATIVE_CUDA_EMULATION
+#include "cpu/gru_cpu.h"
+#endif
 
 namespace gru_native {
 namespace {
@@ -53,22 +57,17 @@ struct WorkspaceType {
 
 template <typename T>
 at::TensorOptions options_for() {
-  return at::TensorOptions()
-      .dtype(c10::CppTypeToScalarType<T>::value)
-      .device(at::kCUDA, c10::cuda::current_device());
+  return device::options(c10::CppTypeToScalarType<T>::value);
 }
 
+// W_hh of every direction at a stride of 3H * H: the parameter itself when D == 1, else a copy
+// into `storage`.
 template <typename T>
-at::Tensor wrap(const T* data, at::IntArrayRef sizes, at::IntArrayRef strides) {
-  return at::from_blob(const_cast<T*>(data), sizes, strides, options_for<T>());
-}
-
-// W_hh of every direction as one [D, 3H, H] tensor (a copy when D == 2).
-template <typename T>
-at::Tensor stacked(const T* const* w, int D, int64_t rows, int64_t cols) {
-  if (D == 1) return wrap(w[0], {1, rows, cols}, {rows * cols, cols, 1});
-  at::Tensor out = at::empty({D, rows, cols}, options_for<T>());
-  for (int d = 0; d < D; ++d) out.select(0, d).copy_(wrap(w[d], {rows, cols}, {cols, 1}));
+const T* stacked(const T* const* w, int D, int64_t rows, int64_t cols, at::Tensor& storage) {
+  if (D == 1) return w[0];
+  storage = device::empty({D, rows, cols}, options_for<T>());
+  T* out = storage.data_ptr<T>();
+  for (int d = 0; d < D; ++d) device::copy(out + d * rows * cols, w[d], rows * cols * sizeof(T));
   return out;
 }
 
@@ -94,7 +93,9 @@ template <typename T>
 bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::PersistentPlan& plan) {
   const Path path = requested_path();
   if (path == Path::kGemm) return false;
-  plan = cuda::plan_persistent<K<T>>(D, N, H, backward, c10::cuda::current_device());
+  int index = 0;
+  device::check(cudaGetDevice(&index));
+  plan = cuda::plan_persistent<K<T>>(D, N, H, backward, index);
   if (path == Path::kPersistent) {
     TORCH_CHECK(plan.fits, "gru_native: GRU_NATIVE_CUDA_PATH=persistent, but the persistent ",
                 backward ? "backward" : "forward", " kernel does not fit a layer with batch ", N,
@@ -102,20 +103,6 @@ bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::Persistent
     return true;
   }
   return plan.fits && N <= kPersistentMaxBatch;
-}
-
-// batch_sizes and offsets on the device, for the persistent kernels: staged in pinned memory
-// and copied asynchronously on the current stream (a pageable copy would make the host wait
-// for all the work queued before it). The pinned block is not reused before the copy is done
-// (the caching host allocator records an event for it).
-at::Tensor schedule_on_device(const StepSchedule& s) {
-  at::Tensor host =
-      at::empty({2, s.T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  std::memcpy(host.data_ptr<int64_t>(), s.batch_sizes, s.T * sizeof(int64_t));
-  std::memcpy(host.data_ptr<int64_t>() + s.T, s.offsets, s.T * sizeof(int64_t));
-  return host.to(
-      at::TensorOptions().dtype(at::kLong).device(at::kCUDA, c10::cuda::current_device()),
-      /*non_blocking=*/true);
 }
 
 // The fields the persistent forward and backward share. `schedule` must outlive the launch.
@@ -153,10 +140,8 @@ struct CudaBackend {
   template <typename T>
   using Workspace = WorkspaceType<T>;
 
-  // nn.GRU on the GPU (cuDNN's check_attributes with check_dtype).
-  static void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool) {
-    TORCH_CHECK(false, "Input and hidden tensors are not the same dtype, found input tensor with ",
-                w_hh.scalar_type(), " and hidden tensor with ", hx.scalar_type());
+  static void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool bias) {
+    device::hidden_dtype_error(hx, w_hh, bias);
   }
 
   template <typename F>
@@ -172,10 +157,10 @@ struct CudaBackend {
     const int D = p.D;
     if (s.R == 0 || N == 0) return;
     TORCH_INTERNAL_ASSERT(D == 1 || p.hy[1] == p.hy[0] + N * H);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = device::stream();
     cuda::PersistentPlan plan;
     if (use_persistent<T>(D, N, H, false, plan)) {
-      const at::Tensor schedule = schedule_on_device(s);
+      const at::Tensor schedule = device::schedule(s);
       auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out = kptr(p.out);
       for (int d = 0; d < D; ++d) {
@@ -185,8 +170,8 @@ struct CudaBackend {
         layer.hy[d] = kptr(p.hy[d]);
         layer.ws_out[d] = p.ws[d];
       }
-      C10_CUDA_CHECK(cuda::persistent_forward(layer, plan, stream));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      device::check(cuda::persistent_forward(layer, plan, stream));
+      device::check_launch();
       return;
     }
     // The GEMM path. h_n doubles as the running state: it starts as h0, and each step's
@@ -194,21 +179,23 @@ struct CudaBackend {
     // rows and the reverse direction's not yet started ones keep their values).
     for (int d = 0; d < D; ++d) {
       if (p.h0[d]) {
-        C10_CUDA_CHECK(cudaMemcpyAsync(p.hy[d], p.h0[d], N * H * sizeof(T),
-                                       cudaMemcpyDeviceToDevice, stream));
+        device::copy(p.hy[d], p.h0[d], N * H * sizeof(T));
       } else {
-        C10_CUDA_CHECK(cudaMemsetAsync(p.hy[d], 0, N * H * sizeof(T), stream));
+        device::zero(p.hy[d], N * H * sizeof(T));
       }
     }
-    const at::Tensor state = wrap(p.hy[0], {D, N, H}, {N * H, H, 1});
-    const at::Tensor w_t = stacked(p.w_hh, D, G, H).transpose(1, 2);  // [D, H, 3H]
-    at::Tensor gh = at::empty({D, N, G}, options_for<T>());
+    at::Tensor w_storage;
+    const T* w = stacked(p.w_hh, D, G, H, w_storage);  // [D, 3H, H]
+    const at::Tensor gh = device::empty({D, N, G}, options_for<T>());
+    T* gh_p = gh.data_ptr<T>();
     cuda::ForwardStep<K<T>> step;
     step.D = D;
     step.H = H;
     step.ld_out = D * H;
     for (int64_t i = 0; i < s.T; ++i) {
-      at::bmm_out(gh, state, w_t);  // both directions, every row of the state
+      // gh[d] = h[d] W_hh[d]^T, both directions, every row of the state.
+      device::gemm<T>(D, N, G, H, MatRef<T>{p.hy[0], H, 1}, N * H,
+                      MatRef<T>{w, 1, H}, G * H, 0.0f, gh_p, G, N * G);
       for (int d = 0; d < D; ++d) {
         const int64_t t = d ? s.T - 1 - i : i;
         const int64_t off = s.offsets[t];
@@ -216,13 +203,13 @@ struct CudaBackend {
         step.gi[d] = kptr(p.gi[d] + off * G);
         step.b_ih[d] = kptr(p.b_ih[d]);
         step.b_hh[d] = kptr(p.b_hh[d]);
-        step.gh[d] = kptr(gh.data_ptr<T>() + d * N * G);
+        step.gh[d] = kptr(gh_p + d * N * G);
         step.h[d] = kptr(p.hy[d]);
         step.out[d] = kptr(p.out + off * D * H + d * H);
         step.ws[d] = p.ws[d] ? p.ws[d] + off * kWorkspaceGates * H : nullptr;
       }
-      C10_CUDA_CHECK(cuda::forward_step(step, stream));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      device::check(cuda::forward_step(step, stream));
+      device::check_launch();
     }
   }
 
@@ -233,10 +220,10 @@ struct CudaBackend {
     const int D = p.D;
     if (s.R == 0 || N == 0) return;
     TORCH_INTERNAL_ASSERT(D == 1 || p.dh[1] == p.dh[0] + N * H);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = device::stream();
     cuda::PersistentPlan plan;
     if (use_persistent<T>(D, N, H, true, plan)) {
-      const at::Tensor schedule = schedule_on_device(s);
+      const at::Tensor schedule = device::schedule(s);
       auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out_in = kptr(p.out);
       layer.dout = kptr(p.dout);
@@ -246,13 +233,14 @@ struct CudaBackend {
         layer.dg[d] = kptr(p.dg[d]);
         layer.hp[d] = kptr(p.hp[d]);
       }
-      C10_CUDA_CHECK(cuda::persistent_backward(layer, plan, stream));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      device::check(cuda::persistent_backward(layer, plan, stream));
+      device::check_launch();
       return;
     }
-    at::Tensor dh = wrap(p.dh[0], {D, N, H}, {N * H, H, 1});
-    const at::Tensor w = stacked(p.w_hh, D, G, H);  // [D, 3H, H]
-    at::Tensor dgs = at::empty({D, N, G}, options_for<T>());
+    at::Tensor w_storage;
+    const T* w = stacked(p.w_hh, D, G, H, w_storage);  // [D, 3H, H]
+    const at::Tensor dgs = device::empty({D, N, G}, options_for<T>());
+    T* dgs_p = dgs.data_ptr<T>();
     cuda::BackwardStep<K<T>> step;
     step.D = D;
     step.H = H;
@@ -279,63 +267,51 @@ struct CudaBackend {
         step.h0[d] = kptr(p.h0[d]);
         step.dh[d] = kptr(p.dh[d]);
         step.dg[d] = kptr(p.dg[d] + off * kGradGates * H);
-        step.dgs[d] = kptr(dgs.data_ptr<T>() + d * N * G);
+        step.dgs[d] = kptr(dgs_p + d * N * G);
         step.hp[d] = kptr(p.hp[d] + off * H);
       }
-      C10_CUDA_CHECK(cuda::backward_step(step, stream));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dh.baddbmm_(dgs, w);  // dh_{t-1} += dG_h W_hh, both directions (rows past N_t add 0)
+      device::check(cuda::backward_step(step, stream));
+      device::check_launch();
+      // dh_{t-1} += dG_h W_hh, both directions (rows past N_t add 0).
+      device::gemm<T>(D, N, H, G, MatRef<T>{dgs_p, G, 1}, N * G, MatRef<T>{w, H, 1},
+                      G * H, 1.0f, p.dh[0], H, N * H);
     }
   }
 
-  // C[M, N] = A B + beta * C on cuBLAS (through ATen, current stream). No bias: the driver
-  // adds biases in the kernels.
+  // C[M, N] = A B + beta * C on the device's GEMM. No bias: the driver adds biases in the
+  // kernels.
   template <typename T>
   static void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias) {
     TORCH_INTERNAL_ASSERT(bias == nullptr);
-    if (M == 0 || N == 0) return;
-    at::Tensor c = wrap(C, {M, N}, {ldc, 1});
-    const at::Tensor a = wrap(A.p, {M, K}, {A.rs, A.cs});
-    const at::Tensor b = wrap(B.p, {K, N}, {B.rs, B.cs});
-    if (static_cast<float>(beta) == 0.0f) {
-      at::mm_out(c, a, b);
-    } else {
-      c.addmm_(a, b);
-    }
+    device::gemm<T>(1, M, N, K, A, 0, B, 0, static_cast<float>(beta), C, ldc, 0);
   }
 
   template <typename T>
   static void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
-    C10_CUDA_CHECK(cuda::column_sum(rows, cols, kptr(src), ld, kptr(dst),
-                                    c10::cuda::getCurrentCUDAStream()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    device::check(cuda::column_sum(rows, cols, kptr(src), ld, kptr(dst), device::stream()));
+    device::check_launch();
   }
 
   template <typename T>
   static void multiply(int64_t n, const T* a, const T* b, T* out) {
-    C10_CUDA_CHECK(
-        cuda::multiply(n, kptr(a), kptr(b), kptr(out), c10::cuda::getCurrentCUDAStream()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    device::check(cuda::multiply(n, kptr(a), kptr(b), kptr(out), device::stream()));
+    device::check_launch();
   }
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return at::empty(sizes, options);
+    return device::empty(sizes, options);
   }
 };
 
 using CudaStack = Stack<CudaBackend>;
-
-std::optional<c10::Device> cuda_device(const at::Tensor& t) {
-  return t.is_cuda() ? std::optional<c10::Device>(t.device()) : std::nullopt;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
   // (A CPU input, reached with CUDA weights, gets make_geometry's device error, not a guard's.)
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
+  const device::Guard guard(input);
   return CudaStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
                                num_layers, bidirectional, need_workspace);
 }
@@ -347,16 +323,48 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_cuda(
     const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
     bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
     bool need_weight_grad) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device(input));
+  const device::Guard guard(input);
   return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
                              dropout_mask, output, workspace, layer_outputs, has_biases,
                              num_layers, bidirectional, need_input_grad, need_weight_grad);
 }
 
 }  // namespace
+
+#ifdef GRU_NATIVE_CUDA_EMULATION
+// Under the emulation this backend serves CPU tensors, so it is also what the eager CPU entry
+// points call (the CPU kernels are not built): see cpu/gru_cpu.h for their contract.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_forward_direct(
+    const at::Tensor& input, const std::optional<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_mask, bool has_biases, int64_t num_layers,
+    bool bidirectional, bool need_workspace) {
+  return need_workspace
+             ? CudaStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
+                                     num_layers, bidirectional, true)
+             : CudaStack::forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
+                                  num_layers, bidirectional, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
+    const at::Tensor& input, const std::optional<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
+    const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
+    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad) {
+  return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask,
+                             output, workspace, layer_outputs, has_biases, num_layers,
+                             bidirectional, need_input_grad, need_weight_grad);
+}
+#define GRU_NATIVE_CUDA_DISPATCH_KEY CPU
+#else
+#define GRU_NATIVE_CUDA_DISPATCH_KEY CUDA
+#endif
+
 }  // namespace gru_native
 
-TORCH_LIBRARY_IMPL(gru_native, CUDA, m) {
+TORCH_LIBRARY_IMPL(gru_native, GRU_NATIVE_CUDA_DISPATCH_KEY, m) {
   m.impl("gru_forward", &gru_native::gru_forward_cuda);
   m.impl("gru_backward", &gru_native::gru_backward_cuda);
 }
