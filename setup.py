@@ -13,6 +13,11 @@ Environment switches:
                             built alone, with the error and a notice printed, and build_info()
                             reports cuda=False; with GRU_NATIVE_CUDA=1 the failure is an error)
     GRU_NATIVE_PORTABLE=1   do not tune the CPU kernels for the build machine (no -march=native)
+    GRU_NATIVE_CUDA_EMULATION=1
+                            build the CUDA backend and kernels for the host, on the CUDA emulation
+                            (csrc/cuda/emulation/runtime.h), in place of the CPU kernels: CPU
+                            tensors then run the CUDA code (float16 and bfloat16 included), for
+                            CI without a GPU; build_info()["cuda_emulation"] is True
     DEBUG=1                 -O0 -g
     TORCH_CUDA_ARCH_LIST    CUDA architectures (default: torch's choice, i.e. the visible GPU)
     MAX_JOBS                parallel compile jobs (ninja)
@@ -52,6 +57,22 @@ def _want_cuda():
     return forced
 
 
+def _cuda_library_includes():
+    """Include folders for the cuBLAS headers ATen's CUDA headers include (the binding calls
+    cuBLAS through ATen/cuda/CUDABlas.h), where the CUDA toolkit lacks them: pip's nvidia-*
+    packages (which a CUDA torch from pip depends on)."""
+    import site
+
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
+        return []
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    return sorted(d for root in roots for d in glob.glob(os.path.join(root, "nvidia", "*", "include"))
+                  if any(os.path.exists(os.path.join(d, h))
+                         for h in ("cublas_v2.h", "cusparse.h", "cusolverDn.h")))
+
+
 def _text_define(name, text):
     # Hex-encoded, so that the value is one preprocessor number: no shell or ninja quoting, and no
     # macro expansion of its words (build_info() decodes it).
@@ -63,7 +84,8 @@ def get_extensions():
 
     debug = _flag("DEBUG") is True
     portable = _flag("GRU_NATIVE_PORTABLE") is True
-    with_cuda = _want_cuda()
+    emulation = _flag("GRU_NATIVE_CUDA_EMULATION") is True
+    with_cuda = not emulation and _want_cuda()
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
     arch = [] if portable else ["-march=native"]
@@ -80,6 +102,21 @@ def get_extensions():
         return dict(name="gru_native._C", include_dirs=[os.path.join(ROOT, "csrc")],
                     extra_link_args=list(openmp))
 
+    if emulation:
+        # The CUDA backend on the host: gru_cuda.cpp and kernels.cu (through kernels_emulated.cpp)
+        # against the emulation's CUDA headers, registered for CPU tensors instead of the CPU
+        # backend (gru_cpu.cpp); the rest of csrc/cpu stays (activations, host cache, the C++
+        # autograd node).
+        emu = os.path.join("csrc", "cuda", "emulation")
+        emu_sources = [s for s in sources if os.path.basename(s) != "gru_cpu.cpp"] + [
+            os.path.join("csrc", "cuda", "gru_cuda.cpp")
+        ] + sorted(glob.glob(os.path.join(emu, "*.cpp")))
+        kwargs = common()
+        kwargs["include_dirs"] = [os.path.join(ROOT, emu, "include")] + kwargs["include_dirs"]
+        return [CppExtension(sources=emu_sources,
+                             define_macros=define_macros + [("GRU_NATIVE_CUDA_EMULATION", "1")],
+                             extra_compile_args={"cxx": list(cpu_cxx)}, **kwargs)]
+
     cpu_only = CppExtension(sources=list(sources), define_macros=list(define_macros),
                             extra_compile_args={"cxx": list(cpu_cxx)}, **common())
     if not with_cuda:
@@ -95,12 +132,14 @@ def get_extensions():
         _text_define("GRU_NATIVE_NVCC_FLAGS", " ".join(nvcc)),
         _text_define("GRU_NATIVE_CUDA_ARCH_LIST", arch_list),
     ]
+    kwargs = common()
+    kwargs["include_dirs"] = kwargs["include_dirs"] + _cuda_library_includes()
     extension = CUDAExtension(
         sources=sources + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))),
         define_macros=define_macros + [("GRU_NATIVE_WITH_CUDA", "1")],
         extra_compile_args={"cxx": list(cuda_cxx), "nvcc": nvcc},
-        **common(),
+        **kwargs,
     )
     if _flag("GRU_NATIVE_CUDA") is None:
         # CUDA by default, not on request: if that build fails, the CPU kernels alone.

@@ -59,6 +59,12 @@ pybind11::dict build_info() {
   info["cuda_arch_list"] = std::string();
   info["nvcc_flags"] = std::string();
 #endif
+  // The CUDA backend built for the host on the CUDA emulation, serving CPU tensors (setup.py).
+#ifdef GRU_NATIVE_CUDA_EMULATION
+  info["cuda_emulation"] = true;
+#else
+  info["cuda_emulation"] = false;
+#endif
 #ifdef GRU_NATIVE_CXX_FLAGS
   info["cxx_flags"] = decode_hex(GRU_NATIVE_STR(GRU_NATIVE_CXX_FLAGS));
 #else

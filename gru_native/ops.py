@@ -76,7 +76,8 @@ def _gru_forward_fake(
     hy = input.new_empty((num_layers * D, N, H))
     if need_workspace:
         # The saved gates are float32 for half inputs on the GPU (the kernels' math type).
-        ws_dtype = (torch.float32 if input.device.type == "cuda"
+        on_cuda_backend = input.device.type == "cuda" or (_EMULATED and input.device.type == "cpu")
+        ws_dtype = (torch.float32 if on_cuda_backend
                     and input.dtype in (torch.float16, torch.bfloat16) else input.dtype)
         workspace = input.new_empty((num_layers, D, R, 4 * H), dtype=ws_dtype)
         layer_outputs = input.new_empty((num_layers - 1, R, D * H) if num_layers > 1 else (0,))
@@ -303,8 +304,11 @@ def _dropout_mask(
 
 _noted_fallback = set()
 _log = logging.getLogger("gru_native")
-_CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# A build on the CUDA emulation (setup.py's GRU_NATIVE_CUDA_EMULATION=1) runs the CUDA backend
+# on CPU tensors, with the CUDA kernels' dtypes.
+_EMULATED = bool(_C.build_info()["cuda_emulation"])
+_CPU_DTYPES = _CUDA_DTYPES if _EMULATED else (torch.float32, torch.float64)
 
 
 def _has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
