@@ -26,6 +26,18 @@ def devices():
     return params
 
 
+def cuda_backend_device():
+    """The device whose tensors run gru_native's CUDA backend: "cuda" on a GPU with gru_native's
+    CUDA kernels; "cpu" in a build on the CUDA emulation (GRU_NATIVE_CUDA_EMULATION=1), where CPU
+    tensors run the CUDA backend and kernels; None otherwise."""
+    import gru_native
+
+    info = gru_native.build_info()
+    if info["cuda"] and torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if info["cuda_emulation"] else None
+
+
 def assert_close(actual, expected, name="", dtype=None, atol=None, rtol=None):
     """allclose with the dtype's tolerances; on failure, name the worst element."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"

@@ -1,7 +1,13 @@
-"""The CUDA kernels: parity with torch.nn.GRU (cuDNN, TF32 off) and the float64 CPU reference on
-both recurrence paths (GEMM and persistent), half types against nn.GRU's own error, gradcheck,
-determinism, module moves, device errors, autocast. Skipped cleanly without a GPU or without
-gru_native's CUDA kernels; every capability check happens inside the tests."""
+"""The CUDA backend: parity with torch.nn.GRU (cuDNN on a GPU, TF32 off) and the float64 CPU
+reference on both recurrence paths (GEMM and persistent), half types against nn.GRU's own error,
+gradcheck, determinism, several units per persistent block, module moves, device errors,
+autocast.
+
+They run on a GPU when there is one and gru_native has CUDA kernels, and on the CPU in a build
+on the CUDA emulation (GRU_NATIVE_CUDA_EMULATION=1: CPU tensors run the CUDA backend and kernels,
+and the reference nn.GRU runs on the CPU); otherwise they skip. The few that need a real GPU
+(streams, moving modules to it, CUDA autocast, mixed devices) say so. Capability checks happen
+inside the tests."""
 
 import itertools
 import os
@@ -14,15 +20,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gru_native
 from gru_native._reference import module_reference
 
-from _util import assert_close, make_pair
+from _util import assert_close, cuda_backend_device, make_pair
 
+DEVICE = cuda_backend_device()
 
-def _cuda_ok():
-    return torch.cuda.is_available() and gru_native.build_info()["cuda"]
-
-
-pytestmark = pytest.mark.skipif(not _cuda_ok(),
-                                reason="no GPU, or gru_native built without CUDA kernels")
+pytestmark = pytest.mark.skipif(
+    DEVICE is None, reason="no GPU with gru_native's CUDA kernels, and not a CUDA-emulation build")
+needs_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a real GPU (CUDA emulation here)")
 
 PATHS = ["gemm", "persistent"]
 
@@ -55,9 +59,9 @@ def _run(m, x, h0):
 def test_cuda_parity(layers, bi, batch_first, bias, with_h0, dtype, path):
     D = 2 if bi else 1
     ref, ours = make_pair(5, 8, layers, bias=bias, batch_first=batch_first, bidirectional=bi,
-                          dtype=dtype, device="cuda")
-    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device="cuda")
-    h0 = torch.randn(layers * D, 3, 8, dtype=dtype, device="cuda") if with_h0 else None
+                          dtype=dtype, device=DEVICE)
+    x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device=DEVICE)
+    h0 = torch.randn(layers * D, 3, 8, dtype=dtype, device=DEVICE) if with_h0 else None
     torch.manual_seed(1)
     r = _run(ref, x, h0)
     torch.manual_seed(1)
@@ -80,11 +84,11 @@ def test_cuda_parity(layers, bi, batch_first, bias, with_h0, dtype, path):
 @pytest.mark.parametrize("bi", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("sort", [True, False], ids=["sorted", "unsorted"])
 def test_cuda_packed_parity(bi, sort, path):
-    ref, ours = make_pair(5, 8, 2, bidirectional=bi, dtype=torch.float64, device="cuda")
+    ref, ours = make_pair(5, 8, 2, bidirectional=bi, dtype=torch.float64, device=DEVICE)
     lengths = [7, 1, 4, 7, 2]
     if sort:
         lengths = sorted(lengths, reverse=True)
-    x = torch.randn(7, 5, 5, dtype=torch.float64, device="cuda")
+    x = torch.randn(7, 5, 5, dtype=torch.float64, device=DEVICE)
     results = []
     for m in (ref, ours):
         xi = x.clone().requires_grad_()
@@ -102,8 +106,8 @@ def _half_trio(C, H, dtype):
     `dtype`, all with its weights."""
     torch.manual_seed(0)
     ref64 = nn.GRU(C, H, 2, bidirectional=True, dtype=torch.float64)
-    ref = nn.GRU(C, H, 2, bidirectional=True).to("cuda", dtype)
-    ours = gru_native.GRU(C, H, 2, bidirectional=True).to("cuda", dtype)
+    ref = nn.GRU(C, H, 2, bidirectional=True).to(DEVICE, dtype)
+    ours = gru_native.GRU(C, H, 2, bidirectional=True).to(DEVICE, dtype)
     ref.load_state_dict(ref64.state_dict())
     ours.load_state_dict(ref64.state_dict())
     return ref64, ref, ours
@@ -116,7 +120,7 @@ def test_cuda_half_types_error_at_most_twice_nn_gru(dtype, path):
     x64 = torch.randn(20, 4, 32, dtype=torch.float64)
     with torch.no_grad():
         truth, _ = ref64(x64)
-    x = x64.to("cuda", dtype)
+    x = x64.to(DEVICE, dtype)
     with torch.no_grad():
         err_ref = (ref(x)[0].double().cpu() - truth).abs().max().item()
         err_ours = (ours(x)[0].double().cpu() - truth).abs().max().item()
@@ -138,7 +142,7 @@ def test_cuda_half_types_gradients_error_at_most_twice_nn_gru(dtype, path):
         return torch.autograd.grad(out, [x] + list(m.parameters()), g)
 
     truth = grads(ref64, x64, g64)
-    x, g = x64.to("cuda", dtype), g64.to("cuda", dtype)
+    x, g = x64.to(DEVICE, dtype), g64.to(DEVICE, dtype)
     for name, t, r, o in zip(["input"] + [n for n, _ in ref.named_parameters()], truth,
                              grads(ref, x, g), grads(ours, x, g)):
         err_ref = (r.double().cpu() - t).abs().max().item()
@@ -150,11 +154,15 @@ def test_cuda_persistent_with_several_units_per_block(monkeypatch):
     # More hidden units than SMs: each block of the persistent kernels owns several units, the
     # last one fewer (H = 2 SMs + 1 one-directional, SMs + 1 bidirectional).
     monkeypatch.setenv("GRU_NATIVE_CUDA_PATH", "persistent")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if DEVICE == "cuda":
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+    else:
+        sms = 3
+        monkeypatch.setenv("GRU_NATIVE_EMULATION_SMS", str(sms))
     for H, bi in ((2 * sms + 1, False), (sms + 1, True)):
-        ref, ours = make_pair(7, H, 2, bidirectional=bi, dtype=torch.float64, device="cuda")
-        x = torch.randn(5, 3, 7, dtype=torch.float64, device="cuda")
-        h0 = torch.randn(2 * (2 if bi else 1), 3, H, dtype=torch.float64, device="cuda")
+        ref, ours = make_pair(7, H, 2, bidirectional=bi, dtype=torch.float64, device=DEVICE)
+        x = torch.randn(5, 3, 7, dtype=torch.float64, device=DEVICE)
+        h0 = torch.randn(2 * (2 if bi else 1), 3, H, dtype=torch.float64, device=DEVICE)
         torch.manual_seed(1)  # the same output gradients for both
         r = _run(ref, x, h0)
         torch.manual_seed(1)
@@ -165,11 +173,12 @@ def test_cuda_persistent_with_several_units_per_block(monkeypatch):
             assert_close(a, b, f"grad H={H}")
 
 
+@needs_gpu
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 def test_cuda_on_a_side_stream_equals_the_default_stream(path):
     torch.manual_seed(0)
-    m = gru_native.GRU(16, 32, 2, bidirectional=True, device="cuda")
-    x = torch.randn(9, 4, 16, device="cuda")
+    m = gru_native.GRU(16, 32, 2, bidirectional=True, device=DEVICE)
+    x = torch.randn(9, 4, 16, device=DEVICE)
     torch.manual_seed(1)  # the same output gradients for both
     expected = _run(m, x, None)
     stream = torch.cuda.Stream()
@@ -187,9 +196,9 @@ def test_cuda_on_a_side_stream_equals_the_default_stream(path):
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 def test_cuda_gradcheck(path):
     torch.manual_seed(0)
-    m = gru_native.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, device="cuda")
+    m = gru_native.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, device=DEVICE)
     names = [n for n, _ in m.named_parameters()]
-    x = torch.randn(4, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
 
     def f(x, *w):
         return torch.func.functional_call(m, dict(zip(names, w)), (x,))
@@ -200,8 +209,8 @@ def test_cuda_gradcheck(path):
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 def test_cuda_bitwise_deterministic(path):
     torch.manual_seed(0)
-    m = gru_native.GRU(32, 64, 2, bidirectional=True, device="cuda")
-    x = torch.randn(30, 8, 32, device="cuda")
+    m = gru_native.GRU(32, 64, 2, bidirectional=True, device=DEVICE)
+    x = torch.randn(30, 8, 32, device=DEVICE)
     runs = []
     for _ in range(2):
         xi = x.clone().requires_grad_()
@@ -212,6 +221,7 @@ def test_cuda_bitwise_deterministic(path):
         assert torch.equal(a, b)
 
 
+@needs_gpu
 def test_cuda_module_moves():
     torch.manual_seed(0)
     m = gru_native.GRU(4, 6, 2)
@@ -225,20 +235,22 @@ def test_cuda_module_moves():
     assert half(x.cuda().half())[0].dtype == torch.float16
 
 
+@needs_gpu
 def test_cuda_wrong_device_raises_nn_gru_error():
     from test_errors import assert_same_error
 
     def make(cls):
         def call():
             m = cls(4, 3).cuda()
-            return m(torch.randn(5, 2, 4, device="cuda"), torch.zeros(1, 2, 3))
+            return m(torch.randn(5, 2, 4, device=DEVICE), torch.zeros(1, 2, 3))
         return call
     assert_same_error(make)
 
 
+@needs_gpu
 def test_cuda_autocast_output_dtype_like_nn_gru():
-    ref, ours = make_pair(4, 6, 2, device="cuda")
-    x = torch.randn(5, 3, 4, device="cuda")
+    ref, ours = make_pair(4, 6, 2, device=DEVICE)
+    x = torch.randn(5, 3, 4, device=DEVICE)
     for dtype in (torch.float16, torch.bfloat16):
         with torch.autocast("cuda", dtype=dtype):
             out_r, h_r = ref(x)
@@ -250,8 +262,72 @@ def test_cuda_persistent_path_is_reachable():
     from gru_native import _C  # noqa: F401
     os.environ["GRU_NATIVE_CUDA_PATH"] = "persistent"
     try:
-        m = gru_native.GRU(16, 32, device="cuda")
-        out, _ = m(torch.randn(10, 2, 16, device="cuda"))
+        m = gru_native.GRU(16, 32, device=DEVICE)
+        out, _ = m(torch.randn(10, 2, 16, device=DEVICE))
         assert out.shape == (10, 2, 32)
     finally:
         del os.environ["GRU_NATIVE_CUDA_PATH"]
+
+
+# -- the CUDA emulation itself (csrc/cuda/emulation) ----------------------------------------------
+
+emulated_only = pytest.mark.skipif(DEVICE != "cpu", reason="a CUDA-emulation build only")
+
+
+def _train_step(m, x, h0):
+    torch.manual_seed(1)
+    return _run(m, x, h0)
+
+
+@emulated_only
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_emulation_thread_order_and_os_threads_do_not_change_results(path, monkeypatch):
+    # The kernels' results may not depend on the order the threads of a block run in between
+    # barriers, nor on whether they are fibers or OS threads: bitwise the same in every case.
+    torch.manual_seed(0)
+    m = gru_native.GRU(6, 10, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    h0 = torch.randn(4, 3, 10, dtype=torch.float64)
+    expected = _train_step(m, x, h0)
+    for var, value in (("GRU_NATIVE_EMULATION_ORDER", "forward"),
+                       ("GRU_NATIVE_EMULATION_ORDER", "reverse"),
+                       ("GRU_NATIVE_EMULATION_ORDER", "random"),
+                       ("GRU_NATIVE_EMULATION_THREADS", "os")):
+        with monkeypatch.context() as mp:
+            mp.setenv(var, value)
+            mp.setenv("GRU_NATIVE_EMULATION_SMS", "2")  # few blocks: few OS threads
+            got = _train_step(m, x, h0)
+        for a, b in zip([got[0], got[1], *got[2]], [expected[0], expected[1], *expected[2]]):
+            assert torch.equal(a, b), (var, value)
+
+
+@emulated_only
+def test_emulation_persistent_kernel_that_does_not_fit(monkeypatch):
+    # A device whose shared memory cannot hold a block's slice of W_hh, or without cooperative
+    # launches: the automatic choice takes the GEMM path (the same bits as forcing it), forcing
+    # the persistent path raises.
+    torch.manual_seed(0)
+    m = gru_native.GRU(5, 8, dtype=torch.float64)
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    with monkeypatch.context() as mp:
+        mp.setenv("GRU_NATIVE_CUDA_PATH", "gemm")
+        gemm = _train_step(m, x, None)
+        mp.setenv("GRU_NATIVE_CUDA_PATH", "persistent")
+        persistent = _train_step(m, x, None)
+    assert not torch.equal(gemm[2][1], persistent[2][1])  # the paths sum in different orders
+    for var, value in (("GRU_NATIVE_EMULATION_SMEM", "64"),
+                       ("GRU_NATIVE_EMULATION_COOPERATIVE", "0")):
+        with monkeypatch.context() as mp:
+            mp.setenv(var, value)
+            mp.setenv("GRU_NATIVE_CUDA_PATH", "auto")
+            auto = _train_step(m, x, None)
+            for a, b in zip([auto[0], auto[1], *auto[2]], [gemm[0], gemm[1], *gemm[2]]):
+                assert torch.equal(a, b), (var, value)
+            mp.setenv("GRU_NATIVE_CUDA_PATH", "persistent")
+            with pytest.raises(RuntimeError, match="persistent .* kernel does not fit"):
+                m(x)
+    with monkeypatch.context() as mp:  # and with room, auto takes the persistent path here
+        mp.setenv("GRU_NATIVE_CUDA_PATH", "auto")
+        auto = _train_step(m, x, None)
+    for a, b in zip([auto[0], auto[1], *auto[2]], [persistent[0], persistent[1], *persistent[2]]):
+        assert torch.equal(a, b)
