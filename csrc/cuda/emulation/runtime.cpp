@@ -68,7 +68,7 @@ constexpr int kRegistersPerSm = 65536;
 
 DeviceConfig config() {
   DeviceConfig c;
-  c.sms = std::max(1, env_int("GRU_NATIVE_EMULATION_SMS", 8));
+  c.sms = std::max(1, env_int("GRU_NATIVE_EMULATION_SMS", 4));
   c.smem_optin = env_int("GRU_NATIVE_EMULATION_SMEM", 232448);
   c.smem_per_sm = std::max(env_int("GRU_NATIVE_EMULATION_SMEM_PER_SM", 233472),
                            c.smem_optin + kReservedSmemPerBlock);

@@ -43,7 +43,7 @@
 //
 // The emulated device (device 0, compute capability 9.0), read from the environment at every
 // query so that a test can change it between calls:
-//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 8)
+//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 4)
 //   GRU_NATIVE_EMULATION_SMEM          opt-in dynamic shared memory per block, bytes (default
 //                                      232448, an H100's); 48 KiB without cudaFuncSetAttribute
 //   GRU_NATIVE_EMULATION_SMEM_PER_SM   shared memory per multiprocessor (default 233472)
