@@ -37,7 +37,7 @@
 
 namespace gru_emu {
 
-thread_local ThreadState* current_thread = nullptr;
+thread_local ThreadState* current_thread __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 
@@ -68,7 +68,7 @@ constexpr int kRegistersPerSm = 65536;
 
 DeviceConfig config() {
   DeviceConfig c;
-  c.sms = std::max(1, env_int("GRU_NATIVE_EMULATION_SMS", 4));
+  c.sms = std::max(1, env_int("GRU_NATIVE_EMULATION_SMS", 8));
   c.smem_optin = env_int("GRU_NATIVE_EMULATION_SMEM", 232448);
   c.smem_per_sm = std::max(env_int("GRU_NATIVE_EMULATION_SMEM_PER_SM", 233472),
                            c.smem_optin + kReservedSmemPerBlock);
@@ -455,6 +455,9 @@ struct StackPool {
 
 thread_local StackPool stack_pool;
 
+// Runs a launch's fibers on the calling host thread. A fiber that waits at a barrier, or ends,
+// switches straight to the next ready fiber (no detour through the scheduler); the scheduler
+// runs when none is ready, to start the next thread or to stop.
 struct Scheduler {
   Launch* launch = nullptr;
   void* main_sp = nullptr;
@@ -463,9 +466,10 @@ struct Scheduler {
 #endif
   Fiber* running = nullptr;
   std::deque<Fiber*> ready;
-  std::vector<Fiber*> spare;  // finished fibers, for the next threads
+  std::vector<Fiber*> finished;  // ended since the scheduler last ran (their stacks are free)
+  std::vector<Fiber*> spare;     // ended fibers, for the next threads
   std::vector<std::unique_ptr<Fiber>> owned;
-  int64_t live = 0;           // started, not finished
+  int64_t live = 0;              // started, not finished
 
   void resume(Fiber* f) {
     running = f;
@@ -477,16 +481,40 @@ struct Scheduler {
 #endif
     running = nullptr;
     current_thread = nullptr;
+    for (Fiber* done : finished) {
+      --live;
+      spare.push_back(done);
+    }
+    finished.clear();
   }
 
+  // The running fiber waits (or has ended): on to the next ready fiber, else the scheduler.
   void yield() {
     Fiber* f = running;
+    if (f->done) finished.push_back(f);
+    Fiber* next = nullptr;
+    if (!ready.empty() && !launch->failed.load(std::memory_order_relaxed)) {
+      next = ready.front();
+      ready.pop_front();
+    }
+    if (next == f) return;  // the fiber released itself first: it simply goes on
+    if (next != nullptr) {
+      running = next;
+      current_thread = &next->state;
 #if defined(__x86_64__)
-    gru_emu_switch(&f->sp, main_sp);
+      gru_emu_switch(&f->sp, next->sp);
 #else
-    swapcontext(&f->context, &main_context);
+      swapcontext(&f->context, &next->context);
 #endif
-    current_thread = &f->state;  // resumed
+    } else {
+#if defined(__x86_64__)
+      gru_emu_switch(&f->sp, main_sp);
+#else
+      swapcontext(&f->context, &main_context);
+#endif
+    }
+    running = f;  // resumed
+    current_thread = &f->state;
   }
 };
 
@@ -686,10 +714,6 @@ void run_fibers(Launch& L, std::vector<std::unique_ptr<Block>>& blocks, int64_t 
       break;
     }
     s.resume(f);
-    if (f->done) {
-      --s.live;
-      s.spare.push_back(f);
-    }
   }
   if (!L.failed.load() && s.live > 0) {
     // Nobody can run: threads wait at barriers that cannot complete.

@@ -43,7 +43,7 @@
 //
 // The emulated device (device 0, compute capability 9.0), read from the environment at every
 // query so that a test can change it between calls:
-//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 4)
+//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 8)
 //   GRU_NATIVE_EMULATION_SMEM          opt-in dynamic shared memory per block, bytes (default
 //                                      232448, an H100's); 48 KiB without cudaFuncSetAttribute
 //   GRU_NATIVE_EMULATION_SMEM_PER_SM   shared memory per multiprocessor (default 233472)
@@ -181,7 +181,8 @@ struct ThreadState {
   Launch* launch = nullptr;
 };
 
-extern thread_local ThreadState* current_thread;
+// Initial-exec: one pointer of static TLS, read at every threadIdx (not a __tls_get_addr call).
+extern thread_local ThreadState* current_thread __attribute__((tls_model("initial-exec")));
 
 inline const ThreadState& self() { return *current_thread; }
 inline unsigned char* dynamic_shared_memory() { return current_thread->smem; }
