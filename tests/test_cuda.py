@@ -150,15 +150,18 @@ def test_cuda_half_types_gradients_error_at_most_twice_nn_gru(dtype, path):
 
 
 def test_cuda_persistent_with_several_units_per_block(monkeypatch):
-    # More hidden units than SMs: each block of the persistent kernels owns several units, the
-    # last one fewer (H = 2 SMs + 1 one-directional, SMs + 1 bidirectional).
+    # More hidden units than the blocks' warps: each warp of the persistent kernels owns several
+    # units (the first in registers, the others in shared memory), the last block fewer units.
     monkeypatch.setenv("GRU_NATIVE_CUDA_PATH", "persistent")
     if DEVICE == "cuda":
         sms = torch.cuda.get_device_properties(0).multi_processor_count
+        # bidirectional: sms // 2 blocks a direction, 9 units each (2 passes), the last 1;
+        # one direction: 2 units a block for most blocks (H <= 1024: one pass, many blocks).
+        cases = ((8 * (sms // 2) + 1, True), (2 * sms + 1, False))
     else:
-        sms = 3
-        monkeypatch.setenv("GRU_NATIVE_EMULATION_SMS", str(sms))
-    for H, bi in ((2 * sms + 1, False), (sms + 1, True)):
+        monkeypatch.setenv("GRU_NATIVE_EMULATION_SMS", "3")
+        cases = ((50, False), (20, True))  # 3 blocks of 17, 17, 16 units; 1 block of 20
+    for H, bi in cases:
         ref, ours = make_pair(7, H, 2, bidirectional=bi, dtype=torch.float64, device=DEVICE)
         x = torch.randn(5, 3, 7, dtype=torch.float64, device=DEVICE)
         h0 = torch.randn(2 * (2 if bi else 1), 3, H, dtype=torch.float64, device=DEVICE)
@@ -170,6 +173,29 @@ def test_cuda_persistent_with_several_units_per_block(monkeypatch):
         assert_close(o[1], r[1], f"h_n H={H}")
         for a, b in zip(o[2], r[2]):
             assert_close(a, b, f"grad H={H}")
+
+
+@pytest.mark.parametrize("path", ["persistent"], indirect=True)
+def test_cuda_persistent_rows_in_chunks(path, monkeypatch):
+    # A batch larger than the rows the persistent kernels stage in shared memory at a time: the
+    # steps run in chunks of rows (here 3 forward, 5 backward, on an emulated device with little
+    # shared memory; on a GPU, a batch above the 64-row chunk).
+    if DEVICE == "cpu":
+        monkeypatch.setenv("GRU_NATIVE_EMULATION_SMEM", "20000")
+        N = 7
+    else:
+        N = 150
+    ref, ours = make_pair(5, 8, 2, bidirectional=True, dtype=torch.float64, device=DEVICE)
+    x = torch.randn(4, N, 5, dtype=torch.float64, device=DEVICE)
+    h0 = torch.randn(4, N, 8, dtype=torch.float64, device=DEVICE)
+    torch.manual_seed(1)
+    r = _run(ref, x, h0)
+    torch.manual_seed(1)
+    o = _run(ours, x, h0)
+    assert_close(o[0], r[0], "output")
+    assert_close(o[1], r[1], "h_n")
+    for a, b in zip(o[2], r[2]):
+        assert_close(a, b, "grad")
 
 
 @needs_gpu

@@ -211,23 +211,38 @@ __global__ void multiply_kernel(int64_t n, const T* a, const T* b, T* out) {
 
 // -- the persistent path -------------------------------------------------------------------------
 //
-// Block b serves direction d = b / blocks_per_direction and hidden units [j0, j0 + w) of it.
-// Shared memory: its slice of W_hh, k-major so that neighbouring threads read neighbouring words
-// (forward: Ws[k][g * slice + jj] = W_hh[g*H + j0 + jj][k], k < H; backward: Ws[k][jj] =
-// W_hh[k][j0 + jj], k < 3H), then Acc scratch.
+// One cooperative launch runs a layer's whole sequence; blocks [d * B, (d + 1) * B) serve
+// direction d, and block q of a direction owns hidden units [q * U, q * U + U) (the last block
+// fewer, or none). Each block has kWarps warps; warp w owns the block's units w, w + kWarps,
+// w + 2 kWarps, ... (pass 0, 1, 2, ...). Within a warp the 32 lanes split the reduction: lane l
+// holds the weights of k = l + 32 i, i < KT (forward: W_hh[g * H + j][k] for the three gates g
+// of unit j, k < H; backward: W_hh[k][j], k < 3H, i < 3 KT), so that every thread does a short
+// dot product and the 32 partial sums of an output are added in lane order (a fixed order:
+// bitwise reproducible). Pass 0's weights live in registers (compile-time KT, loops unrolled),
+// later passes' in shared memory. Per step:
+//   forward:  h_{t-1} of a chunk of rows -> shared memory (as Acc); each lane's partial sums ->
+//             shared memory; __syncwarp; lanes add them up for one (unit, row) each and run the
+//             gate math; h_t -> the layer's output; after the last chunk, grid.sync().
+//   backward: the pointwise pass for the block's units writes dG(t); grid.sync(); dG_h(t) of a
+//             chunk of rows -> shared memory; partial sums; __syncwarp; dh_{t-1} of the block's
+//             units += dG_h(t) W_hh[:, j].
+// Shared memory: [pass >= 1 weights, T][rows chunk x 32 KT (3 x 32 KT backward), Acc]
+// [partial sums: kWarps x passes x chunk x (3 | 1) x 32, Acc], 16-byte aligned sections.
+
+constexpr int kWarps = kPersistentThreads / 32;
 
 __host__ __device__ inline size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// The shared memory a persistent block needs: weights of passes >= 1, a chunk of `chunk` rows.
 template <typename T>
-__host__ __device__ inline size_t forward_smem(int64_t N, int64_t H, int64_t slice) {
+__host__ __device__ inline size_t persistent_smem(bool backward, int kt, int passes, int chunk) {
   using A = typename Acc<T>::type;
-  return align16(H * kGates * slice * sizeof(T)) + align16(N * H * sizeof(A)) +
-         align16(N * kGates * slice * sizeof(A));
-}
-
-template <typename T>
-__host__ __device__ inline size_t backward_smem(int64_t N, int64_t H, int64_t slice) {
-  return align16(kGates * H * slice * sizeof(T));
+  const size_t slots = static_cast<size_t>(backward ? 3 * kt : 3 * kt);  // per unit and lane
+  const size_t outputs = backward ? 1 : 3;                                 // per unit and row
+  const size_t row = static_cast<size_t>(backward ? 3 * kt : kt) * 32;     // staged row length
+  return align16((passes - 1) * kWarps * slots * 32 * sizeof(T)) +
+         align16(chunk * row * sizeof(A)) +
+         align16(static_cast<size_t>(kWarps) * passes * chunk * outputs * 32 * sizeof(A));
 }
 
 // h_{t-1} of the rows of step t in direction d: rows [0, n_from_out) continue from the
@@ -247,119 +262,199 @@ __device__ __forceinline__ void prev_rows(const PersistentLayer<T>& p, int d, in
   }
 }
 
-// The hidden units a persistent block owns: direction d, units [j0, j0 + w) (the last block of a
-// direction may own fewer than `slice`, or none).
-struct BlockUnits {
-  int d;
-  int64_t j0, w;
-};
-__device__ __forceinline__ BlockUnits block_units(int blocks_per_direction, int64_t slice,
-                                                  int64_t H) {
-  BlockUnits u;
-  u.d = blockIdx.x / blocks_per_direction;
-  u.j0 = (blockIdx.x % blocks_per_direction) * slice;
-  u.w = u.j0 < H ? (u.j0 + slice < H ? slice : H - u.j0) : 0;
-  return u;
+// p[0] + ... + p[31] in a fixed order, four chains deep (a shorter dependency chain than one).
+template <typename A>
+__device__ __forceinline__ A sum32(const A* p) {
+  A s[4] = {A(0), A(0), A(0), A(0)};
+#pragma unroll
+  for (int l = 0; l < 32; l += 4) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[c] += p[l + c];
+  }
+  return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kPersistentThreads)
-    persistent_forward_kernel(PersistentLayer<T> p, int blocks_per_direction, int64_t slice) {
+// What a thread of a persistent block works on.
+struct PersistentThread {
+  int d;              // direction
+  int64_t j0, units;  // the block's first unit and how many it has (0 for a spare block)
+  int warp, lane;
+};
+__device__ __forceinline__ PersistentThread persistent_thread(const PersistentShape& shape,
+                                                              int64_t H) {
+  PersistentThread t;
+  t.d = blockIdx.x / shape.blocks_per_direction;
+  t.j0 = static_cast<int64_t>(blockIdx.x % shape.blocks_per_direction) * shape.units;
+  t.units = t.j0 < H ? (t.j0 + shape.units < H ? shape.units : H - t.j0) : 0;
+  t.warp = threadIdx.x / 32;
+  t.lane = threadIdx.x % 32;
+  return t;
+}
+
+template <typename T, int KT>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    persistent_forward_kernel(PersistentLayer<T> p, PersistentShape shape) {
   using A = typename Acc<T>::type;
+  constexpr int K32 = 32 * KT;  // a staged row: h_{t-1}, zero past H
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   GRU_DYNAMIC_SHARED(smem);
-  const int64_t H = p.H, G = kGates * H, N = p.N;
-  const BlockUnits u = block_units(blocks_per_direction, slice, H);
-  const int d = u.d;
-  const int64_t j0 = u.j0, w = u.w;
-  const int64_t S = kGates * slice;  // row length of the shared W slice
-  T* ws_w = reinterpret_cast<T*>(smem);
-  A* hs = reinterpret_cast<A*>(smem + align16(H * S * sizeof(T)));
-  A* ghs = reinterpret_cast<A*>(reinterpret_cast<unsigned char*>(hs) + align16(N * H * sizeof(A)));
+  const int64_t H = p.H, G = kGates * H;
+  const PersistentThread th = persistent_thread(shape, H);
+  const int d = th.d, warp = th.warp, lane = th.lane, passes = shape.passes;
+  const int chunk = shape.chunk;
+  T* w_smem = reinterpret_cast<T*>(smem);  // [pass - 1][warp][gate][i][lane]
+  A* hs = reinterpret_cast<A*>(
+      smem + align16(static_cast<size_t>(passes - 1) * kWarps * 3 * KT * 32 * sizeof(T)));
+  A* red = hs + align16(static_cast<size_t>(chunk) * K32 * sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
-  for (int64_t e = threadIdx.x; e < H * kGates * w; e += blockDim.x) {
-    const int64_t k = e % H, c = e / H, g = c / w, jj = c % w;
-    ws_w[k * S + g * slice + jj] = W[(g * H + j0 + jj) * H + k];
+
+  // Weights: pass 0 into registers, the others into this lane's slots of shared memory (only
+  // this lane reads them: no barrier needed).
+  A wr[3][KT];
+  for (int q = 0; q < passes; ++q) {
+    const int64_t u = warp + static_cast<int64_t>(kWarps) * q, j = th.j0 + u;
+#pragma unroll
+    for (int g = 0; g < 3; ++g) {
+#pragma unroll
+      for (int i = 0; i < KT; ++i) {
+        const int64_t k = lane + 32 * i;
+        const T zero = from_acc<T>(A(0));
+        const T v = (u < th.units && k < H) ? W[(g * H + j) * H + k] : zero;
+        if (q == 0) {
+          wr[g][i] = to_acc(v);
+        } else {
+          w_smem[((((q - 1) * kWarps + warp) * 3 + g) * KT + i) * 32 + lane] = v;
+        }
+      }
+    }
   }
-  __syncthreads();
-  for (int64_t i = 0; i < p.T_steps; ++i) {
-    const int64_t t = d ? p.T_steps - 1 - i : i;
+  for (int64_t step = 0; step < p.T_steps; ++step) {
+    const int64_t t = d ? p.T_steps - 1 - step : step;
     const int64_t rows = p.batch_sizes[t], off = p.offsets[t];
     int64_t n_from_out = 0;
     const T* prev = nullptr;
     prev_rows(p, d, t, rows, prev, n_from_out);
-    for (int64_t e = threadIdx.x; e < rows * H; e += blockDim.x) {
-      const int64_t b = e / H, k = e % H;
-      hs[e] = b < n_from_out ? load_cg(prev + b * p.ld + k)
-                             : (p.h0[d] ? to_acc(p.h0[d][e]) : A(0));
-    }
-    __syncthreads();
     // Rows whose last step (in this direction's order) this is also write h_n.
     const int64_t finish_from =
         d == 0 ? (t + 1 < p.T_steps ? p.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
-    // gh[b][g][jj] = h[b] . W_hh[g*H + j0 + jj]
-    for (int64_t e = threadIdx.x; e < rows * kGates * w; e += blockDim.x) {
-      const int64_t b = e / (kGates * w), c = e % (kGates * w), g = c / w, jj = c % w;
-      const A* hb = hs + b * H;
-      const T* wc = ws_w + g * slice + jj;
-      A acc = 0;
-      for (int64_t k = 0; k < H; ++k) acc += hb[k] * to_acc(wc[k * S]);
-      ghs[b * S + g * slice + jj] = acc;
-    }
-    __syncthreads();
-    for (int64_t e = threadIdx.x; e < rows * w; e += blockDim.x) {
-      const int64_t b = e / w, jj = e % w, j = j0 + jj;
-      const T* gi = p.gi[d] + (off + b) * G;
-      const A* gh = ghs + b * S;
-      A r, z, n, hn, h_new;
-      gru_cell_forward<A, ScalarAct<A>>(
-          to_acc(gi[j]) + bias_at(p.b_ih[d], j), to_acc(gi[H + j]) + bias_at(p.b_ih[d], H + j),
-          to_acc(gi[2 * H + j]) + bias_at(p.b_ih[d], 2 * H + j), gh[jj], gh[slice + jj],
-          gh[2 * slice + jj], bias_at(p.b_hh[d], j), bias_at(p.b_hh[d], H + j),
-          bias_at(p.b_hh[d], 2 * H + j), hs[b * H + j], r, z, n, hn, h_new);
-      const T h_t = from_acc<T>(h_new);
-      p.out[(off + b) * p.ld + d * H + j] = h_t;
-      if (b >= finish_from) p.hy[d][b * H + j] = h_t;
-      if (p.ws_out[d]) {
-        A* wsr = p.ws_out[d] + (off + b) * kWorkspaceGates * H;
-        wsr[j] = r;
-        wsr[H + j] = z;
-        wsr[2 * H + j] = n;
-        wsr[3 * H + j] = hn;
+    for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
+      const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
+      for (int64_t e = threadIdx.x; e < static_cast<int64_t>(nb) * K32; e += blockDim.x) {
+        const int64_t b = b0 + e / K32, k = e % K32;
+        A v = A(0);
+        if (k < H) {
+          v = b < n_from_out ? load_cg(prev + b * p.ld + k)
+                             : (p.h0[d] ? to_acc(p.h0[d][b * H + k]) : A(0));
+        }
+        hs[e] = v;
       }
+      __syncthreads();
+      // Partial sums of this lane's k for each of the warp's units, gates and rows.
+      for (int q = 0; q < passes; ++q) {
+        if (warp + static_cast<int64_t>(kWarps) * q >= th.units) break;  // warp-uniform
+        for (int b = 0; b < nb; ++b) {
+          const A* hb = hs + b * K32 + lane;
+          A acc[3] = {A(0), A(0), A(0)};
+          if (q == 0) {
+#pragma unroll
+            for (int i = 0; i < KT; ++i) {
+              const A x = hb[32 * i];
+#pragma unroll
+              for (int g = 0; g < 3; ++g) acc[g] += wr[g][i] * x;
+            }
+          } else {
+            const T* ws = w_smem + (((q - 1) * kWarps + warp) * 3) * KT * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < KT; ++i) {
+              const A x = hb[32 * i];
+#pragma unroll
+              for (int g = 0; g < 3; ++g) acc[g] += to_acc(ws[(g * KT + i) * 32]) * x;
+            }
+          }
+#pragma unroll
+          for (int g = 0; g < 3; ++g) red[(((warp * passes + q) * chunk + b) * 3 + g) * 32 + lane] = acc[g];
+        }
+      }
+      __syncwarp();
+      // One (unit, row) per lane: the 32 partial sums of each gate in lane order, then the gates.
+      for (int e = lane; e < passes * nb; e += 32) {
+        const int q = e / nb, b = e % nb;
+        const int64_t u = warp + static_cast<int64_t>(kWarps) * q;
+        if (u >= th.units) continue;
+        const int64_t j = th.j0 + u, row = off + b0 + b;
+        const A* rp = red + (((warp * passes + q) * chunk + b) * 3) * 32;
+        A gh[3];
+#pragma unroll
+        for (int g = 0; g < 3; ++g) gh[g] = sum32(rp + g * 32);
+        const T* gi = p.gi[d] + row * G;
+        A r, z, n, hn, h_new;
+        gru_cell_forward<A, ScalarAct<A>>(
+            to_acc(gi[j]) + bias_at(p.b_ih[d], j), to_acc(gi[H + j]) + bias_at(p.b_ih[d], H + j),
+            to_acc(gi[2 * H + j]) + bias_at(p.b_ih[d], 2 * H + j), gh[0], gh[1], gh[2],
+            bias_at(p.b_hh[d], j), bias_at(p.b_hh[d], H + j), bias_at(p.b_hh[d], 2 * H + j),
+            hs[b * K32 + j], r, z, n, hn, h_new);
+        const T h_t = from_acc<T>(h_new);
+        p.out[row * p.ld + d * H + j] = h_t;
+        if (b0 + b >= finish_from) p.hy[d][(b0 + b) * H + j] = h_t;
+        if (p.ws_out[d]) {
+          A* wsr = p.ws_out[d] + row * kWorkspaceGates * H;
+          wsr[j] = r;
+          wsr[H + j] = z;
+          wsr[2 * H + j] = n;
+          wsr[3 * H + j] = hn;
+        }
+      }
+      // The next chunk rewrites hs and the partial sums (after the last, grid.sync orders).
+      if (b0 + chunk < rows) __syncthreads();
     }
-    grid.sync();  // h_t of every slice is written before any block reads it
+    grid.sync();  // h_t of every unit is written before any block reads it
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kPersistentThreads)
-    persistent_backward_kernel(PersistentLayer<T> p, int blocks_per_direction, int64_t slice) {
+template <typename T, int KT>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    persistent_backward_kernel(PersistentLayer<T> p, PersistentShape shape) {
   using A = typename Acc<T>::type;
+  constexpr int KB = 3 * KT;    // slots per lane: k = lane + 32 i over the 3H rows of W_hh
+  constexpr int K32 = 32 * KB;  // a staged row: dG_h, zero past 3H
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   GRU_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = kGates * H, ld = p.ld;
-  const BlockUnits u = block_units(blocks_per_direction, slice, H);
-  const int d = u.d;
-  const int64_t j0 = u.j0, w = u.w;
-  T* ws_w = reinterpret_cast<T*>(smem);  // [3H][slice]: W_hh[k][j0 + jj]
+  const PersistentThread th = persistent_thread(shape, H);
+  const int d = th.d, warp = th.warp, lane = th.lane, passes = shape.passes;
+  const int chunk = shape.chunk;
+  T* w_smem = reinterpret_cast<T*>(smem);  // [pass - 1][warp][i][lane]
+  A* dgs = reinterpret_cast<A*>(
+      smem + align16(static_cast<size_t>(passes - 1) * kWarps * KB * 32 * sizeof(T)));
+  A* red = dgs + align16(static_cast<size_t>(chunk) * K32 * sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
-  for (int64_t e = threadIdx.x; e < G * w; e += blockDim.x) {
-    const int64_t k = e / w, jj = e % w;
-    ws_w[k * slice + jj] = W[k * H + j0 + jj];
+
+  A wr[KB];
+  for (int q = 0; q < passes; ++q) {
+    const int64_t u = warp + static_cast<int64_t>(kWarps) * q, j = th.j0 + u;
+#pragma unroll
+    for (int i = 0; i < KB; ++i) {
+      const int64_t k = lane + 32 * i;
+      const T zero = from_acc<T>(A(0));
+      const T v = (u < th.units && k < G) ? W[k * H + j] : zero;
+      if (q == 0) {
+        wr[i] = to_acc(v);
+      } else {
+        w_smem[(((q - 1) * kWarps + warp) * KB + i) * 32 + lane] = v;
+      }
+    }
   }
-  __syncthreads();
-  for (int64_t i = 0; i < p.T_steps; ++i) {
-    const int64_t t = d ? i : p.T_steps - 1 - i;
+  for (int64_t step = 0; step < p.T_steps; ++step) {
+    const int64_t t = d ? step : p.T_steps - 1 - step;
     const int64_t rows = p.batch_sizes[t], off = p.offsets[t];
     int64_t n_from_out = 0;
     const T* prev = nullptr;
     prev_rows(p, d, t, rows, prev, n_from_out);
     // The pointwise pass for this block's units (dh of these units is only touched here).
-    for (int64_t e = threadIdx.x; e < rows * w; e += blockDim.x) {
-      const int64_t b = e / w, j = j0 + e % w, row = off + b;
+    for (int64_t e = threadIdx.x; e < rows * th.units; e += blockDim.x) {
+      const int64_t b = e / th.units, j = th.j0 + e % th.units, row = off + b;
       const A h_prev = b < n_from_out ? to_acc(prev[b * ld + j])
                                       : (p.h0[d] ? to_acc(p.h0[d][b * H + j]) : A(0));
       const A* wsr = p.ws_in[d] + row * kWorkspaceGates * H;
@@ -376,21 +471,45 @@ __global__ void __launch_bounds__(kPersistentThreads)
       p.hp[d][row * H + j] = from_acc<T>(h_prev);
       *dh = from_acc<T>(dh_prev);
     }
-    grid.sync();  // every slice's dG_h of step t is written
+    grid.sync();  // every unit's dG_h of step t is written
     // dh_{t-1}[b][j] += sum_k dG_h[b][k] W_hh[k][j] for this block's units.
-    for (int64_t e = threadIdx.x; e < rows * w; e += blockDim.x) {
-      const int64_t b = e / w, jj = e % w;
-      const T* dg = p.dg[d] + (off + b) * kGradGates * H;
-      A acc = 0;
-      for (int64_t k = 0; k < G; ++k) acc += load_cg(dg + k) * to_acc(ws_w[k * slice + jj]);
-      T* dh = p.dh[d] + b * H + j0 + jj;
-      *dh = from_acc<T>(to_acc(*dh) + acc);
+    for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
+      const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
+      for (int64_t e = threadIdx.x; e < static_cast<int64_t>(nb) * K32; e += blockDim.x) {
+        const int64_t b = b0 + e / K32, k = e % K32;
+        dgs[e] = k < G ? load_cg(p.dg[d] + (off + b) * kGradGates * H + k) : A(0);
+      }
+      __syncthreads();
+      for (int q = 0; q < passes; ++q) {
+        if (warp + static_cast<int64_t>(kWarps) * q >= th.units) break;  // warp-uniform
+        for (int b = 0; b < nb; ++b) {
+          const A* gb = dgs + b * K32 + lane;
+          A acc = A(0);
+          if (q == 0) {
+#pragma unroll
+            for (int i = 0; i < KB; ++i) acc += wr[i] * gb[32 * i];
+          } else {
+            const T* ws = w_smem + ((q - 1) * kWarps + warp) * KB * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < KB; ++i) acc += to_acc(ws[i * 32]) * gb[32 * i];
+          }
+          red[((warp * passes + q) * chunk + b) * 32 + lane] = acc;
+        }
+      }
+      __syncwarp();
+      for (int e = lane; e < passes * nb; e += 32) {
+        const int q = e / nb, b = e % nb;
+        const int64_t u = warp + static_cast<int64_t>(kWarps) * q;
+        if (u >= th.units) continue;
+        const A* rp = red + ((warp * passes + q) * chunk + b) * 32;
+        const A sum = sum32(rp);
+        T* dh = p.dh[d] + (b0 + b) * H + th.j0 + u;
+        *dh = from_acc<T>(to_acc(*dh) + sum);
+      }
+      // The next chunk rewrites dgs and the partial sums; the next step's pointwise pass reads
+      // dh written here by other threads of the block.
+      __syncthreads();
     }
-    // The next step's pointwise pass reads and writes only this block's units of dh, and
-    // writes dG rows of another step: a block barrier is enough. (Both loops give element
-    // e = b * w + jj to the same thread today; the barrier keeps that from being a hidden
-    // requirement.)
-    __syncthreads();
   }
 }
 
@@ -426,6 +545,34 @@ cudaError_t multiply(int64_t n, const T* a, const T* b, T* out, cudaStream_t str
   return launch(multiply_kernel<T>, false, blocks_for(n), kThreads, 0, stream, n, a, b, out);
 }
 
+// The register tile of the persistent kernels: KT = 32 i-slots per lane cover H <= 32 KT.
+template <typename T>
+constexpr int max_kt() {
+  return sizeof(typename Acc<T>::type) == 8 ? 16 : 32;  // register budget: <= 96 32-bit words
+}
+
+template <typename T>
+using PersistentKernel = void (*)(PersistentLayer<T>, PersistentShape);
+
+template <typename T>
+PersistentKernel<T> persistent_kernel(bool backward, int kt) {
+  switch (kt) {
+#define GRU_NATIVE_KT(K)                                                                  \
+  case K:                                                                                 \
+    if constexpr (K <= max_kt<T>()) {                                                     \
+      return backward ? persistent_backward_kernel<T, K> : persistent_forward_kernel<T, K>; \
+    }                                                                                     \
+    break;
+    GRU_NATIVE_KT(2)
+    GRU_NATIVE_KT(4)
+    GRU_NATIVE_KT(8)
+    GRU_NATIVE_KT(16)
+    GRU_NATIVE_KT(32)
+#undef GRU_NATIVE_KT
+  }
+  return nullptr;
+}
+
 template <typename T>
 PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int device) {
   PersistentPlan plan;
@@ -438,43 +585,64 @@ PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int d
     return plan;
   }
   if (!coop || N <= 0 || H <= 0) return plan;
-  // One block per SM, the SMs shared by the directions; the units split evenly.
-  const int per_dir = static_cast<int>(std::min<int64_t>(sms / D, H));
+  int kt = 2;
+  while (32 * static_cast<int64_t>(kt) < H && kt < max_kt<T>()) kt *= 2;
+  if (32 * static_cast<int64_t>(kt) < H) return plan;  // the register tile is too small
+  // One block per multiprocessor at most, as many as give every warp one unit (pass 0 in
+  // registers); where the multiprocessors run out, more units per block (passes >= 1 in shared
+  // memory), spread evenly.
+  const int64_t per_dir = sms / D;
   if (per_dir < 1) return plan;
-  const int64_t slice = (H + per_dir - 1) / per_dir;
-  const int blocks_per_direction = static_cast<int>((H + slice - 1) / slice);
-  const size_t smem = backward ? backward_smem<T>(N, H, slice) : forward_smem<T>(N, H, slice);
-  if (smem > static_cast<size_t>(max_smem)) return plan;
-  auto kernel = backward ? persistent_backward_kernel<T> : persistent_forward_kernel<T>;
+  int64_t units = kWarps;
+  int64_t blocks = (H + units - 1) / units;
+  if (blocks > per_dir) {
+    blocks = per_dir;
+    units = (H + blocks - 1) / blocks;
+    blocks = (H + units - 1) / units;
+  }
+  const int passes = static_cast<int>((units + kWarps - 1) / kWarps);
+  // Rows staged per chunk: as many as shared memory holds, at most the batch.
+  int chunk = static_cast<int>(std::min<int64_t>(N, 64));
+  while (chunk > 0 && persistent_smem<T>(backward, kt, passes, chunk) >
+                          static_cast<size_t>(max_smem)) {
+    --chunk;
+  }
+  if (chunk < 1) return plan;
+  const size_t smem = persistent_smem<T>(backward, kt, passes, chunk);
+  PersistentKernel<T> kernel = persistent_kernel<T>(backward, kt);
   // The device's opt-in maximum, the same value on every call: a per-call size could be
   // lowered by another host thread between this plan and its launch.
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) !=
-      cudaSuccess) {
+  if (kernel == nullptr ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) !=
+          cudaSuccess) {
     cudaGetLastError();
     return plan;
   }
   int resident = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kPersistentThreads,
                                                     smem) != cudaSuccess ||
-      static_cast<int64_t>(resident) * sms < static_cast<int64_t>(blocks_per_direction) * D) {
+      static_cast<int64_t>(resident) * sms < blocks * D) {
     cudaGetLastError();
     return plan;
   }
   plan.fits = true;
-  plan.blocks_per_direction = blocks_per_direction;
   plan.threads = kPersistentThreads;
-  plan.slice = slice;
+  plan.kt = kt;
   plan.smem = smem;
+  plan.shape.blocks_per_direction = static_cast<int>(blocks);
+  plan.shape.units = static_cast<int>(units);
+  plan.shape.passes = passes;
+  plan.shape.chunk = chunk;
   return plan;
 }
 
 template <typename T>
 static cudaError_t launch_persistent(bool backward, const PersistentLayer<T>& layer,
                                      const PersistentPlan& plan, cudaStream_t stream) {
-  if (!plan.fits) return cudaErrorInvalidConfiguration;
-  auto kernel = backward ? persistent_backward_kernel<T> : persistent_forward_kernel<T>;
-  return launch(kernel, true, dim3(plan.blocks_per_direction * layer.D), dim3(plan.threads),
-                plan.smem, stream, layer, plan.blocks_per_direction, plan.slice);
+  PersistentKernel<T> kernel = plan.fits ? persistent_kernel<T>(backward, plan.kt) : nullptr;
+  if (kernel == nullptr) return cudaErrorInvalidConfiguration;
+  return launch(kernel, true, dim3(plan.shape.blocks_per_direction * layer.D),
+                dim3(plan.threads), plan.smem, stream, layer, plan.shape);
 }
 
 template <typename T>

@@ -8,9 +8,10 @@
 //  - the GEMM path: per step, one batched GEMM h W_hh^T for both directions (cuBLAS, through
 //    ATen, in the binding) and one pointwise kernel for both directions (forward_step); the
 //    backward likewise (backward_step, then one batched GEMM dG_h W_hh).
-//  - the persistent path: one cooperative launch for the whole sequence. Each block owns a slice
-//    of one direction's hidden units and keeps its rows (forward) or columns (backward) of W_hh
-//    in shared memory for all steps; one grid-wide synchronisation per step.
+//  - the persistent path: one cooperative launch for the whole sequence. Each block owns some of
+//    one direction's hidden units and keeps their rows (forward) or columns (backward) of W_hh
+//    for all steps, in registers (and shared memory beyond one unit per warp), the reduction
+//    split over the lanes of a warp; one grid-wide synchronisation per step (kernels.cu).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -107,13 +108,23 @@ struct PersistentLayer {
   T* hp[2] = {nullptr, nullptr};               // [R, H]
 };
 
+// How a persistent launch divides a layer: blocks_per_direction blocks per direction, each
+// owning `units` hidden units (one per warp per pass), `passes` = ceil(units / warps); `chunk`
+// batch rows staged in shared memory at a time.
+struct PersistentShape {
+  int blocks_per_direction = 0;
+  int units = 0;
+  int passes = 0;
+  int chunk = 0;
+};
+
 // How the persistent kernels would be launched on the current device, if they can be.
 struct PersistentPlan {
   bool fits = false;
-  int blocks_per_direction = 0;
   int threads = 0;
-  int64_t slice = 0;   // hidden units per block
+  int kt = 0;          // register tile: 32 * kt >= H
   size_t smem = 0;     // dynamic shared memory per block, bytes
+  PersistentShape shape;
 };
 
 template <typename T>
