@@ -32,6 +32,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -212,6 +214,99 @@ inline void for_each_lane(int64_t width, const F& f) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The forward's recurrent product straight from nn.GRU's layout, for a few steps or a small
+// batch: C[m, c] = dot(A row m, W row c), rows of W contiguous (W_hh, not W_hh^T), so nothing is
+// packed. Each dot runs on one vector accumulator over k in order (the last partial vector
+// masked), then a horizontal sum: its bits do not depend on the tile it runs in, on the thread
+// or on the other rows.
+
+template <typename T>
+inline Vec<T> load_first(const T* p, int64_t n) {  // p[0, n), zeros past n; n < Vec::size()
+  if constexpr (kMaskedLanes) {
+    return MaskedLane<T>(n).load(p);
+  } else {
+    return Vec<T>::loadu(p, n);
+  }
+}
+
+// out[i * ldo + j] = dot(a[i][0, K), w[j][0, K)) for i < RB, j < CB.
+template <typename T, int RB, int CB>
+inline void dot_tile(int64_t K, const T* const* a, const T* const* w, T* out, int64_t ldo) {
+  using V = Vec<T>;
+  constexpr int64_t kV = V::size();
+  V acc[RB][CB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) acc[i][j] = V(T(0));
+  }
+  auto step = [&](const auto& load) {
+    V av[RB];
+#pragma GCC unroll 8
+    for (int i = 0; i < RB; ++i) av[i] = load(a[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) {
+      const V wv = load(w[j]);
+#pragma GCC unroll 8
+      for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + kV <= K; k += kV) step([k](const T* p) { return V::loadu(p + k); });
+  if (k < K) step([k, n = K - k](const T* p) { return load_first(p + k, n); });
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) {
+      out[i * ldo + j] = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[i][j]);
+    }
+  }
+}
+
+// C[m, c] = dot(A[m * lda, +K), row(c)) for m < M, c < Nc.
+template <typename T, typename Row>
+void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const Row& row, T* C,
+              int64_t ldc) {
+  constexpr int kCB = 4;
+  const T* a[4];
+  const T* rows[8];
+  auto run_rows = [&](auto rb_tag, int64_t m0) {
+    constexpr int RB = decltype(rb_tag)::value;
+    // With one row of A, twice the rows of W: enough independent accumulators either way.
+    constexpr int CB = RB == 1 ? 2 * kCB : kCB;
+    for (int i = 0; i < RB; ++i) a[i] = A + (m0 + i) * lda;
+    T* cm = C + m0 * ldc;
+    int64_t c = 0;
+    for (; c + CB <= Nc; c += CB) {
+      for (int j = 0; j < CB; ++j) rows[j] = row(c + j);
+      dot_tile<T, RB, CB>(K, a, rows, cm + c, ldc);
+    }
+    for (; c < Nc; ++c) {
+      rows[0] = row(c);
+      dot_tile<T, RB, 1>(K, a, rows, cm + c, ldc);
+    }
+  };
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) run_rows(std::integral_constant<int, 4>(), m);
+  if (m + 2 <= M) {
+    run_rows(std::integral_constant<int, 2>(), m);
+    m += 2;
+  }
+  if (m < M) run_rows(std::integral_constant<int, 1>(), m);
+}
+
+// The forward's product for a slice of width units: C[m, g * width + jj] = dot(A row m, row
+// g * H + jj of w), w = W_hh's first row of the slice (the rows of gate g start H rows on).
+template <typename T>
+void direct_product(int64_t M, const T* A, int64_t lda, const T* w, int64_t H, int64_t width,
+                    T* C, int64_t ldc) {
+  for (int g = 0; g < kGates; ++g) {
+    const T* wg = w + g * H * H;
+    dot_rows(M, A, lda, width, H, [&](int64_t c) { return wg + c * H; }, C + g * width, ldc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Work split.
 
 // A barrier for the threads of one direction: spin briefly, then yield.
@@ -365,16 +460,26 @@ struct ForwardSlice {
   PackedGemm<scalar_t>& wh;  // W_hh rows of the slice, all three gates: [H, 3 * width]
   scalar_t* gh;              // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
   const std::vector<scalar_t>& zeros;  // [H]
+  bool direct;               // products straight from W_hh (direct_product), nothing packed
 
   int64_t width() const { return j1 - j0; }
 
   // Column c = g * width + jj of the packed matrix is gate g of hidden unit j0 + jj.
   void pack() {
-    const int64_t H = p.H, wd = width(), first = j0;
-    const scalar_t* W = p.w_hh[d];
-    wh.pack(H, kGates * wd, [&](int64_t k, int64_t c) {
-      return W[((c / wd) * H + first + c % wd) * H + k];
-    });
+    if (direct) return;
+    const int64_t H = p.H, wd = width();
+    const scalar_t* W = p.w_hh[d] + j0 * H;
+    wh.pack_rows(H, kGates * wd, [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; });
+  }
+
+  // gh rows [0, M) = rows of A times the slice of W_hh^T.
+  void product(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C) {
+    if (direct) {
+      const int64_t H = p.H;
+      direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, width(), C, kGates * width());
+    } else {
+      wh.run(M, A, lda, C, kGates * width(), false);
+    }
   }
 
   void step(int64_t t) {
@@ -385,12 +490,11 @@ struct ForwardSlice {
     const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
                                                 ld_out);
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
-    wh.run(prev.n_from_out, prev.from_out, ld_out, gh, G, false);
+    product(prev.n_from_out, prev.from_out, ld_out, gh);
     if (h0.zero) {  // h0 W_hh^T = 0
       std::fill(gh + prev.n_from_out * G, gh + rows * G, scalar_t(0));
     } else {
-      wh.run(rows - prev.n_from_out, h0.row(prev.n_from_out), H, gh + prev.n_from_out * G, G,
-             false);
+      product(rows - prev.n_from_out, h0.row(prev.n_from_out), H, gh + prev.n_from_out * G);
     }
     // Rows whose last step (in this direction's order) this is also write h_n.
     const int64_t finish_from =
@@ -442,14 +546,18 @@ struct BackwardSlice {
   int64_t j0, j1;
   PackedGemm<scalar_t>& w;  // W_hh columns of the slice: [3H, width]
   const std::vector<scalar_t>& zeros;  // [H]
+  bool direct;  // W_hh read in place (PackedGemm::view), else packed: the same bits either way
 
   int64_t width() const { return j1 - j0; }
 
   void pack() {
     const int64_t H = p.H;
-    const scalar_t* W = p.w_hh[d];
-    const int64_t j0_ = j0;
-    w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + j0_ + c]; });
+    const scalar_t* W = p.w_hh[d] + j0;
+    if (direct) {
+      w.view(kGates * H, width(), W, H);
+    } else {
+      w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + c]; });
+    }
   }
 
   // The pointwise pass of step t for the slice: dG (kGradGates blocks), h_{t-1}, and the direct
@@ -508,6 +616,43 @@ size_t packed_size(int64_t K, int64_t Nc) {
   return static_cast<size_t>(((Nc + PG::kNR - 1) / PG::kNR) * K * PG::kNR);
 }
 
+// How a layer call reads W_hh. Packing it (a transposed copy for the forward, a copy for the
+// backward) costs about a pass over the weights per call and pays off only over several steps;
+// for fewer, the kernels read nn.GRU's layout in place (ForwardSlice::direct,
+// BackwardSlice::direct). GRU_NATIVE_CPU_RECURRENCE=packed or =direct forces one form (tests,
+// measurements); the backward's two forms give the same bits, the forward's sum in another order.
+enum class Form { kAuto, kPacked, kDirect };
+
+Form forced_form() {
+  const char* env = std::getenv("GRU_NATIVE_CPU_RECURRENCE");
+  if (env == nullptr || *env == 0 || std::strcmp(env, "auto") == 0) return Form::kAuto;
+  if (std::strcmp(env, "packed") == 0) return Form::kPacked;
+  if (std::strcmp(env, "direct") == 0) return Form::kDirect;
+  TORCH_CHECK(false, "gru_native: GRU_NATIVE_CPU_RECURRENCE must be auto, packed or direct, got '",
+              env, "'");
+}
+
+// The rule, measured (benchmarks/NOTES.md, "CPU: packed or direct"): the forward's direct
+// dot products read W_hh once per 4 rows and step, where the packed microkernel reads its
+// copy once per step, so packing pays from about T * N = 100 on (and never at N = 1, where
+// both stream the weights once per step and the direct loop streams them faster).
+constexpr int64_t kDirectForwardRowSteps = 96;
+// The backward's in-place view does the packed kernel's arithmetic on W_hh's rows; it loses
+// (by up to 15%) only for large batches over many steps, where the packed panels' locality wins.
+constexpr int64_t kDirectBackwardMaxBatch = 16;
+
+bool forward_direct(const StepSchedule& s) {
+  const Form f = forced_form();
+  if (f != Form::kAuto) return f == Form::kDirect;
+  return s.N <= 2 || s.T * s.N <= kDirectForwardRowSteps;
+}
+
+bool backward_direct(const StepSchedule& s) {
+  const Form f = forced_form();
+  if (f != Form::kAuto) return f == Form::kDirect;
+  return s.N <= kDirectBackwardMaxBatch || s.T <= 2;
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -517,6 +662,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
+  const bool direct = forward_direct(s);
   std::vector<PackedGemm<scalar_t>> wh(slots);
   std::vector<std::vector<scalar_t>> gh(slots);
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
@@ -524,7 +670,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     const int64_t cols = kGates * (j1 - j0);
-    wh[i].data.reserve(packed_size<scalar_t>(H, cols));
+    if (!direct) wh[i].data.reserve(packed_size<scalar_t>(H, cols));
     gh[i].resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
@@ -536,7 +682,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
       const int slot = group * plan.per_group + qq;
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data(), zeros};
+      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data(), zeros, direct};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
@@ -554,12 +700,15 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
+  const bool direct = backward_direct(s);
   std::vector<PackedGemm<scalar_t>> packs(plan.threads());
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < plan.threads(); ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
-    packs[i].data.reserve(packed_size<scalar_t>(kGates * H, j1 - j0));
+    // (In place, only the last partial panel is copied.)
+    packs[i].data.reserve(direct ? packed_size<scalar_t>(kGates * H, PackedGemm<scalar_t>::kNR)
+                                 : packed_size<scalar_t>(kGates * H, j1 - j0));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
     const bool alone = q < 0;
@@ -569,7 +718,8 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
     auto slice_for = [&](int d, int qq) {
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq], zeros};
+      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq], zeros,
+                                     direct};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
@@ -587,6 +737,20 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias) {
+  if (B.rs == 1 && B.cs != 1 && A.cs == 1 && K > 0 && beta == T(0)) {
+    // B is a row-major matrix transposed (the input projection x W_ih^T): dot products along
+    // its rows, nothing copied. C = A B (+ bias).
+    dot_rows(M, A.p, A.rs, N, K, [&](int64_t n) { return B.p + n * B.cs; }, C, ldc);
+    if (bias != nullptr) {
+      for (int64_t m = 0; m < M; ++m) {
+        T* c = C + m * ldc;
+        for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
+          lane.store(c + n, lane.load(c + n) + lane.load(bias + n));
+        });
+      }
+    }
+    return;
+  }
   // Vectors run along a row of C and of B: give B unit column stride (a small copy, into a
   // buffer each thread keeps, so that a small call does not allocate).
   const T* b = B.p;

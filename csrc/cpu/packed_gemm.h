@@ -1,10 +1,16 @@
 // packed_gemm.h: the recurrent GEMM of the CPU kernels, C[M, Nc] (+)= A[M, K] B[K, Nc], where B
-// (a slice of W_hh, the same at every step) is packed once per call into panels of kNR columns,
-// and a register-blocked microkernel computes kMR x kNR tiles of C with at::vec FMAs.
+// (a slice of W_hh, the same at every step) is read as panels of kNR columns, and a
+// register-blocked microkernel computes kMR x kNR tiles of C with at::vec FMAs.
 //
-// The packing is what a BLAS call would redo at every step; M (the batch at one step) is small,
-// so the microkernel runs on up to kMR rows at a time with every shorter tail specialised.
-// Included by kernels.cpp only, after it has chosen at::vec's instruction set.
+// B comes in one of two forms, with the same arithmetic (every element of C sums its products in
+// the same order, so both give the same bits):
+//   packed: copied once per call into contiguous [K, kNR] panels (pack, pack_rows): what a BLAS
+//           call would redo at every step, worth it over many steps;
+//   view:   read in place from a row-major matrix (view), only the last partial panel copied:
+//           no per-call work that grows with the weights, for a few steps.
+// M (the batch at one step) is small, so the microkernel runs on up to kMR rows at a time with
+// every shorter tail specialised. Included by kernels.cpp only, after it has chosen at::vec's
+// instruction set.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -24,9 +30,12 @@ struct PackedGemm {
   static constexpr int kMR = 6;           // rows per microkernel tile
   static constexpr int64_t kKC = 256;     // K block: a panel's block stays in L1 across rows
 
-  // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc.
+  // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc. In view
+  // form, data holds only the last partial panel (if any).
   int64_t K = 0, Nc = 0;
   std::vector<T> data;
+  const T* view_ = nullptr;  // view form: B[k, c] = view_[k * view_ld_ + c], c < full panels
+  int64_t view_ld_ = 0;
 
   int64_t panels() const { return (Nc + kNR - 1) / kNR; }
 
@@ -35,6 +44,7 @@ struct PackedGemm {
   void pack(int64_t K_, int64_t Nc_, const Get& get) {
     K = K_;
     Nc = Nc_;
+    view_ = nullptr;
     data.assign(static_cast<size_t>(panels() * K * kNR), T(0));
     for (int64_t p = 0; p < panels(); ++p) {
       T* panel = data.data() + p * K * kNR;
@@ -42,6 +52,45 @@ struct PackedGemm {
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t c = 0; c < nc; ++c) panel[k * kNR + c] = get(k, c0 + c);
       }
+    }
+  }
+
+  // B[k, c] = row(c)[k] for k < K, c < Nc: column c of B is a contiguous row of K elements
+  // (B = rows^T, e.g. a slice of W_hh^T). The panel's rows are read as kNR parallel streams,
+  // a cache line of each at a time.
+  template <typename Row>
+  void pack_rows(int64_t K_, int64_t Nc_, const Row& row) {
+    K = K_;
+    Nc = Nc_;
+    view_ = nullptr;
+    data.assign(static_cast<size_t>(panels() * K * kNR), T(0));
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+    const T* rows[kNR];
+    for (int64_t p = 0; p < panels(); ++p) {
+      T* panel = data.data() + p * K * kNR;
+      const int64_t c0 = p * kNR, nc = std::min(kNR, Nc - c0);
+      for (int64_t c = 0; c < nc; ++c) rows[c] = row(c0 + c);
+      for (int64_t k0 = 0; k0 < K; k0 += kLine) {
+        const int64_t k1 = std::min(K, k0 + kLine);
+        for (int64_t c = 0; c < nc; ++c) {
+          const T* src = rows[c];
+          for (int64_t k = k0; k < k1; ++k) panel[k * kNR + c] = src[k];
+        }
+      }
+    }
+  }
+
+  // B[k, c] = b[k * ld + c] for k < K, c < Nc, read in place (b must outlive the runs). Only
+  // the last partial panel, which a full-width vector load would read past, is copied.
+  void view(int64_t K_, int64_t Nc_, const T* b, int64_t ld) {
+    K = K_;
+    Nc = Nc_;
+    view_ = b;
+    view_ld_ = ld;
+    const int64_t full = Nc / kNR, nc = Nc - full * kNR;
+    data.assign(nc > 0 ? static_cast<size_t>(K * kNR) : 0, T(0));
+    for (int64_t k = 0; k < K && nc > 0; ++k) {
+      std::copy(b + k * ld + full * kNR, b + k * ld + Nc, data.data() + k * kNR);
     }
   }
 
@@ -54,12 +103,24 @@ struct PackedGemm {
       }
       return;
     }
+    // The panels: all of them packed, or the view's full panels and the copied partial one.
+    Panels sets[2];
+    int n_sets = 0;
+    if (view_ == nullptr) {
+      sets[n_sets++] = {data.data(), kNR, K * kNR, Nc, 0};
+    } else {
+      const int64_t full = (Nc / kNR) * kNR;
+      if (full > 0) sets[n_sets++] = {view_, view_ld_, kNR, full, 0};
+      if (full < Nc) sets[n_sets++] = {data.data(), kNR, K * kNR, Nc - full, full};
+    }
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       const int64_t kc = std::min(kKC, K - k0);
       // Blocks of kMC rows: the rows' K block stays in L2 while the panels stream past.
       for (int64_t m0 = 0; m0 < M; m0 += kMC) {
-        run_block(std::min(kMC, M - m0), A + m0 * lda + k0, lda, k0, kc, C + m0 * ldc, ldc,
-                  accumulate || k0 > 0);
+        for (int i = 0; i < n_sets; ++i) {
+          run_block(sets[i], std::min(kMC, M - m0), A + m0 * lda + k0, lda, k0, kc,
+                    C + m0 * ldc + sets[i].c0, ldc, accumulate || k0 > 0);
+        }
       }
     }
   }
@@ -67,16 +128,25 @@ struct PackedGemm {
  private:
   static constexpr int64_t kMC = 32 * kMR;  // rows per block
 
-  // Rows [0, M) of one K block [k0, k0 + kc); A points at the block's first element.
-  void run_block(int64_t M, const T* A, int64_t lda, int64_t k0, int64_t kc, T* C, int64_t ldc,
-                 bool acc) const {
-    const int64_t stride = K * kNR;  // between panels
+  // Columns [c0, c0 + Nc) of B: panel p, row k, column c at b[p * stride + k * ld + c].
+  struct Panels {
+    const T* b;
+    int64_t ld, stride, Nc, c0;
+    int64_t count() const { return (Nc + kNR - 1) / kNR; }
+  };
+
+  // Rows [0, M) of one K block [k0, k0 + kc) of one panel set; A points at the block's first
+  // element, C at the set's first column.
+  void run_block(const Panels& P, int64_t M, const T* A, int64_t lda, int64_t k0, int64_t kc,
+                 T* C, int64_t ldc, bool acc) const {
+    const int64_t stride = P.stride, ld = P.ld, Ncs = P.Nc;
+    const T* B = P.b + k0 * ld;
     // Full-height tiles, one panel wide; a panel's K block stays in L1 across the rows.
     const int64_t full = M - M % kMR;
-    for (int64_t p = 0; p < panels(); ++p) {
+    for (int64_t p = 0; p < P.count(); ++p) {
       for (int64_t m0 = 0; m0 < full; m0 += kMR) {
-        tile<kMR, 1>(kc, A + m0 * lda, lda, data.data() + p * stride + k0 * kNR, stride,
-                     C + m0 * ldc + p * kNR, ldc, std::min(kNR, Nc - p * kNR), acc);
+        tile<kMR, 1>(kc, A + m0 * lda, lda, B + p * stride, stride, ld, C + m0 * ldc + p * kNR,
+                     ldc, std::min(kNR, Ncs - p * kNR), acc);
       }
     }
     // The last rows (< kMR) take several panels at once, so that there are enough independent
@@ -84,29 +154,29 @@ struct PackedGemm {
     const int rest = static_cast<int>(M - full);
     if (rest == 0) return;
     const int np = rest == 1 ? 4 : (rest <= 3 ? 2 : 1);
-    for (int64_t p = 0; p < panels(); p += np) {
-      const int64_t nc = std::min(np * kNR, Nc - p * kNR);
+    for (int64_t p = 0; p < P.count(); p += np) {
+      const int64_t nc = std::min(np * kNR, Ncs - p * kNR);
       const T* a = A + full * lda;
-      const T* b = data.data() + p * stride + k0 * kNR;
+      const T* b = B + p * stride;
       T* c = C + full * ldc + p * kNR;
       const int span = static_cast<int>((nc + kNR - 1) / kNR);  // panels left, <= np
       if (rest == 1 && span == 4) {
-        tile<1, 4>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        tile<1, 4>(kc, a, lda, b, stride, ld, c, ldc, nc, acc);
       } else if (rest <= 3 && span == 2) {
-        if (rest == 2) tile<2, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
-        else if (rest == 3) tile<3, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
-        else tile<1, 2>(kc, a, lda, b, stride, c, ldc, nc, acc);
+        if (rest == 2) tile<2, 2>(kc, a, lda, b, stride, ld, c, ldc, nc, acc);
+        else if (rest == 3) tile<3, 2>(kc, a, lda, b, stride, ld, c, ldc, nc, acc);
+        else tile<1, 2>(kc, a, lda, b, stride, ld, c, ldc, nc, acc);
       } else {
         for (int q = 0; q < span; ++q) {
           const int64_t ncq = std::min(kNR, nc - q * kNR);
           const T* bq = b + q * stride;
           T* cq = c + q * kNR;
           switch (rest) {
-            case 5: tile<5, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-            case 4: tile<4, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-            case 3: tile<3, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-            case 2: tile<2, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
-            default: tile<1, 1>(kc, a, lda, bq, stride, cq, ldc, ncq, acc); break;
+            case 5: tile<5, 1>(kc, a, lda, bq, stride, ld, cq, ldc, ncq, acc); break;
+            case 4: tile<4, 1>(kc, a, lda, bq, stride, ld, cq, ldc, ncq, acc); break;
+            case 3: tile<3, 1>(kc, a, lda, bq, stride, ld, cq, ldc, ncq, acc); break;
+            case 2: tile<2, 1>(kc, a, lda, bq, stride, ld, cq, ldc, ncq, acc); break;
+            default: tile<1, 1>(kc, a, lda, bq, stride, ld, cq, ldc, ncq, acc); break;
           }
         }
       }
@@ -118,7 +188,7 @@ struct PackedGemm {
   // Vectorized indexed by a rolled loop at every k).
   template <int MR, int NP>
   static inline void tile(int64_t kc, const T* a, int64_t lda, const T* b, int64_t panel_stride,
-                          T* c, int64_t ldc, int64_t nc, bool accumulate) {
+                          int64_t ldb, T* c, int64_t ldc, int64_t nc, bool accumulate) {
     V acc[MR][2 * NP];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -129,8 +199,8 @@ struct PackedGemm {
       V bv[2 * NP];
 #pragma GCC unroll 16
       for (int p = 0; p < NP; ++p) {
-        bv[2 * p] = V::loadu(b + p * panel_stride + k * kNR);
-        bv[2 * p + 1] = V::loadu(b + p * panel_stride + k * kNR + kV);
+        bv[2 * p] = V::loadu(b + p * panel_stride + k * ldb);
+        bv[2 * p + 1] = V::loadu(b + p * panel_stride + k * ldb + kV);
       }
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
