@@ -500,6 +500,27 @@ def gru_cell(
     dtype without a kernel) goes to torch's own cell, which raises nn.GRUCell's errors or
     computes nn.GRUCell's result."""
     has_biases = b_ih is not None
+    if (input.device.type == "cpu" and input.dtype in _CPU_DTYPES
+            and (b_hh is not None) == has_biases
+            and _plain_eager((input, hx, w_ih, w_hh, b_ih, b_hh))):
+        # The plain eager CPU call, straight to the C++ entries (the checks below cost more than
+        # a small cell). The C++ checks every shape, dtype and device; anything it rejects goes
+        # on to the checks below and torch's cell, which raises nn.GRUCell's error (or computes
+        # nn.GRUCell's result).
+        weights = [w_ih, w_hh, b_ih, b_hh] if has_biases else [w_ih, w_hh]
+        try:
+            if torch.is_grad_enabled() and (
+                    input.requires_grad or hx.requires_grad or w_ih.requires_grad
+                    or w_hh.requires_grad or (has_biases and (b_ih.requires_grad
+                                                             or b_hh.requires_grad))):
+                _, hy = _C._cpu_gru_train(input[None], weights, hx[None], None, None,
+                                          has_biases, 1, False)
+            else:
+                _, hy, _, _ = _C._cpu_gru_forward(input[None], hx[None], weights, None, None,
+                                                  has_biases, 1, False, False)
+            return hy[0]
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            pass
     H = hx.size(1) if hx.dim() == 2 else -1
     ok = (
         input.dim() == 2 and hx.dim() == 2 and (b_hh is not None) == has_biases
