@@ -1,0 +1,204 @@
+"""Step-wise calls (GRUCell, T=1, short sequences) on the CPU kernels: both ways of reading W_hh
+(packed copy, or nn.GRU's layout in place) against nn.GRU, the backward's two forms bit for bit,
+and every route by which a weight can change between two calls."""
+
+import pytest
+import torch
+from torch import nn
+
+import gru_native
+from _util import assert_close
+
+EMULATED = gru_native.build_info()["cuda_emulation"]
+needs_cpu_kernels = pytest.mark.skipif(
+    EMULATED, reason="the CUDA emulation's build runs CPU tensors on the CUDA backend")
+
+FORMS = ("packed", "direct")
+# (T, N, H): a GRUCell-sized step, few steps, a batch on each side of the direct forward's
+# rule (T * N <= 96), hidden sizes with and without a partial vector or panel.
+SHAPES = [(1, 1, 64), (1, 3, 37), (2, 8, 50), (4, 1, 130), (3, 40, 33), (16, 7, 20)]
+
+
+def _pair(C, H, dtype, layers=1, bidirectional=False):
+    torch.manual_seed(0)
+    ref = nn.GRU(C, H, layers, bidirectional=bidirectional, dtype=dtype)
+    ours = gru_native.GRU(C, H, layers, bidirectional=bidirectional, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _run(module, x, h0):
+    x = x.detach().clone().requires_grad_()
+    h0 = h0.detach().clone().requires_grad_()
+    out, hn = module(x, h0)
+    (out.square().sum() + 2 * hn.sum()).backward()
+    grads = [x.grad, h0.grad] + [p.grad for p in module.parameters()]
+    return [out, hn] + grads
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T,N,H", SHAPES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SHAPES])
+def test_forms_match_nn_gru(monkeypatch, form, dtype, T, N, H):
+    monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", form)
+    for bidirectional in (False, True):
+        D = 2 if bidirectional else 1
+        ref, ours = _pair(11, H, dtype, layers=2, bidirectional=bidirectional)
+        x = torch.randn(T, N, 11, dtype=dtype)
+        h0 = torch.randn(2 * D, N, H, dtype=dtype)
+        names = ["output", "h_n", "d input", "d h0"] + [n for n, _ in ours.named_parameters()]
+        for name, a, e in zip(names, _run(ours, x, h0), _run(ref, x, h0)):
+            assert_close(a, e, f"{form} {name}")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("T,N,H", SHAPES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SHAPES])
+def test_backward_forms_same_bits(monkeypatch, T, N, H):
+    """The backward reads W_hh packed or in place with the same arithmetic: the same bits. (The
+    forward's direct dot products sum in another order, so the forward is run packed in both.)"""
+    ref, ours = _pair(9, H, torch.float32)
+    x = torch.randn(T, N, 9)
+    h0 = torch.randn(1, N, H)
+    monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", "packed")
+    out, hn = ours(x, h0)
+    grad_out, grad_hn = torch.randn_like(out), torch.randn_like(hn)
+    results = []
+    for form in FORMS:
+        monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", "packed")
+        xr, hr = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, hn = ours(xr, hr)
+        monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", form)
+        grads = torch.autograd.grad((out, hn), [xr, hr, *ours.parameters()],
+                                    (grad_out, grad_hn))
+        results.append(grads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_cpu_kernels
+def test_unknown_form_raises(monkeypatch):
+    monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", "fast")
+    with pytest.raises(RuntimeError, match="GRU_NATIVE_CPU_RECURRENCE must be auto, packed or "
+                                           "direct, got 'fast'"):
+        gru_native.GRU(3, 4)(torch.randn(2, 1, 3))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cell_results_do_not_depend_on_threads(threads):
+    torch.manual_seed(0)
+    cell = gru_native.GRUCell(70, 300)
+    x, h = torch.randn(2, 70), torch.randn(2, 300)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = cell(x, h)
+        torch.set_num_threads(threads)
+        assert torch.equal(cell(x, h), expected)
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- A weight changed between two calls, by every route a program uses -------------------------
+
+def _change_by(route, module):
+    """Changes module's weights by route; returns the module to call next (the same or a
+    converted one)."""
+    params = dict(module.named_parameters())
+    if route == "optimizer":
+        opt = torch.optim.SGD(module.parameters(), lr=0.5)
+        for p in module.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    elif route == "data_add":  # no version-counter bump (the word-LM example trains so)
+        for p in module.parameters():
+            p.data.add_(torch.randn_like(p), alpha=-0.3)
+    elif route == "load_state_dict":
+        module.load_state_dict({k: torch.randn_like(v) * 0.2 for k, v in module.state_dict().items()})
+    elif route == "no_grad_copy":
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn_like(p) * 0.2)
+    elif route == "reassign":
+        for name, p in params.items():
+            setattr(module, name, nn.Parameter(torch.randn_like(p) * 0.2))
+    elif route == "to_double":
+        module = module.to(torch.float64)
+    else:
+        raise AssertionError(route)
+    return module
+
+
+ROUTES = ["optimizer", "data_add", "load_state_dict", "no_grad_copy", "reassign", "to_double"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("kind", ["cell", "gru-T1", "gru-T3"])
+def test_weight_change_is_seen(route, kind):
+    torch.manual_seed(1)
+    if kind == "cell":
+        ours = gru_native.GRUCell(6, 40)
+    else:
+        ours = gru_native.GRU(6, 40, num_layers=2)
+    T = 3 if kind == "gru-T3" else 1
+
+    def call(module):
+        dtype = next(module.parameters()).dtype
+        x = torch.randn(T, 2, 6, generator=torch.Generator().manual_seed(2)).to(dtype)
+        if kind == "cell":
+            return module(x[0], torch.ones(2, 40, dtype=dtype))
+        return module(x)[0]
+
+    def oracle(module):
+        ref = (nn.GRUCell(6, 40) if kind == "cell" else nn.GRU(6, 40, num_layers=2))
+        ref = ref.to(next(module.parameters()).dtype)
+        ref.load_state_dict(module.state_dict())
+        return call(ref)
+
+    with torch.no_grad():
+        before = call(ours)  # first call (inference)
+    call(ours).sum().backward()  # and a training call
+    changed = _change_by(route, ours)
+    with torch.no_grad():
+        after = call(changed)
+    if route == "to_double":  # the same values, in another dtype and storage
+        assert after.dtype == torch.float64
+    else:
+        assert not torch.allclose(after, before)
+    assert_close(after, oracle(changed), route)
+    after_train = call(changed)
+    assert_close(after_train, oracle(changed), route)
+
+
+def test_empty_cache_between_steps():
+    torch.manual_seed(0)
+    cell = gru_native.GRUCell(5, 16)
+    ref = nn.GRUCell(5, 16)
+    ref.load_state_dict(cell.state_dict())
+    x, h = torch.randn(3, 5), torch.randn(3, 16)
+    expected = ref(x, h)
+    for _ in range(3):
+        assert_close(cell(x, h), expected)
+        gru_native.empty_cache()
+
+
+def test_generation_loop_matches_nn_gru():
+    """A decoding loop (hidden carried, one token per call) gives nn.GRU's tokens and states."""
+    torch.manual_seed(0)
+    emb, dec = nn.Embedding(50, 16), nn.Linear(24, 50)
+    ref = nn.GRU(16, 24, num_layers=2)
+    ours = gru_native.GRU(16, 24, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    tokens = {}
+    for name, rnn in (("ref", ref), ("ours", ours)):
+        gen = torch.Generator().manual_seed(3)
+        tok, hidden, seq = torch.tensor([[1]]), None, []
+        with torch.no_grad():
+            for _ in range(20):
+                out, hidden = rnn(emb(tok), hidden)
+                probs = dec(out[-1]).softmax(-1)
+                tok = torch.multinomial(probs, 1, generator=gen)
+                seq.append(int(tok))
+        tokens[name] = (seq, hidden)
+    assert tokens["ours"][0] == tokens["ref"][0]
+    assert_close(tokens["ours"][1], tokens["ref"][1])
