@@ -85,9 +85,17 @@ Path requested_path() {
               value, "'");
 }
 
-// Provisional rule, not yet measured on a GPU (see benchmarks/RESULTS.md): the persistent
-// kernel for small batches, wherever its slice of W_hh fits in shared memory.
-constexpr int64_t kPersistentMaxBatch = 16;
+// The automatic choice follows the per-step cost model of benchmarks/NOTES.md ("GPU cost
+// model"), NOT YET MEASURED on a GPU: the persistent kernels where they fit and the batch is
+// small enough that their shared-memory traffic per row (the forward reads each h_{t-1} row
+// once per warp, for 3 FMAs per load; the backward each dG row, for 1) costs less than the
+// launches, the barrier-free GEMM and the re-read of W_hh that the GEMM path pays per step.
+// float16/bfloat16: cuDNN's GEMMs run on tensor cores, the persistent kernels on FP32 cores,
+// so the break-even batch is lower.
+int64_t persistent_max_batch(bool backward, bool half_type) {
+  if (backward) return half_type ? 8 : 16;
+  return half_type ? 16 : 32;
+}
 
 template <typename T>
 bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::PersistentPlan& plan) {
@@ -102,7 +110,8 @@ bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::Persistent
                 " and hidden size ", H, " on this GPU");
     return true;
   }
-  return plan.fits && N <= kPersistentMaxBatch;
+  constexpr bool half_type = sizeof(T) == 2;
+  return plan.fits && N <= persistent_max_batch(backward, half_type);
 }
 
 // The fields the persistent forward and backward share. `schedule` must outlive the launch.
