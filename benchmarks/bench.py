@@ -243,6 +243,7 @@ def onnxruntime_runner(ref: nn.GRU, x: torch.Tensor,
 
 
 CUDA_PATHS = ("gemm", "persistent")
+_FORCE_CUDA_PATHS = False  # --cuda-paths: the forced-path entries on any device
 
 
 def _with_cuda_path(fn: Callable[[], None], path: str) -> Callable[[], None]:
@@ -279,7 +280,7 @@ def build_case(shape: Shape, mode: str, device: str, dtype: torch.dtype,
     if shape.lengths is None:
         case.fns[REFERENCE] = _runner(ref, x, mode, hx)
         case.fns[OURS] = _runner(ours, x, mode, hx)
-        if device.startswith("cuda"):
+        if device.startswith("cuda") or _FORCE_CUDA_PATHS:
             # Each recurrence path forced, beside the automatic choice: the figures the
             # persistent-path rule is measured from. A path that cannot run the shape is left out.
             for path in CUDA_PATHS:
@@ -361,10 +362,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         choices=["float32", "float64", "float16", "bfloat16"],
                         help="half types on CUDA only")
     parser.add_argument("--grid", choices=["canonical", "gpu"], default="canonical",
-                        help="gpu: batch 1/8/64/256 x H 128/256/512/1024 x 1-2 layers x "
-                             "uni/bi (C=H) at each of --steps")
+                        help="gpu: batch (--batches, default 1,8,64,256) x H (--hiddens, "
+                             "default 256,512,1024) x 1-2 layers x uni/bi (C=H) at each of "
+                             "--steps")
     parser.add_argument("--steps", default="200",
                         help="comma-separated sequence lengths for --grid gpu (default 200)")
+    parser.add_argument("--cuda-paths", action="store_true",
+                        help="time each CUDA recurrence path forced (GRU_NATIVE_CUDA_PATH) "
+                             "beside the automatic choice on any device (on by default on "
+                             "cuda; for the CUDA emulation's CPU tensors)")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="seconds: start no new case after this long (0: no limit); the "
+                             "cases left out are listed")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also write the table as Markdown (with device, date, command)")
     parser.add_argument("--budget", type=float, default=3.0,
                         help="seconds of timing per shape and mode (default 3)")
     parser.add_argument("--min-rounds", type=int, default=5)
@@ -399,10 +410,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     dtype = getattr(torch, args.dtype)
     if args.grid == "gpu":
+        Ns = [int(v) for v in (args.batches or "1,8,64,256").split(",")]
+        Hs = [int(v) for v in (args.hiddens or "256,512,1024").split(",")]
         shapes = [Shape(f"T{t}-B{n}-H{h}-L{l}-{'bi' if bi else 'uni'}", t, n, h, h, l, bi)
                   for t in (int(v) for v in args.steps.split(","))
-                  for n in (1, 8, 64, 256) for h in (128, 256, 512, 1024)
-                  for l in (1, 2) for bi in (False, True)]
+                  for n in Ns for h in Hs
+                  for l, bi in ((1, False), (2, True), (1, True), (2, False))]
     else:
         by_name = {s.name: s for s in ALL_SHAPES}
         unknown = [n for n in args.shapes.split(",") if n not in by_name]
@@ -419,9 +432,16 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.device}, {args.dtype}; {machine}")
     print(f"# {time.strftime('%Y-%m-%d')}; command: python {' '.join(sys.argv)}")
     print("# each cell: median time (peer median / gru_native median)")
+    global _FORCE_CUDA_PATHS
+    _FORCE_CUDA_PATHS = args.cuda_paths
     rows = []
+    started = time.perf_counter()
+    skipped = []
     for shape in shapes:
         for mode in modes:
+            if args.deadline and time.perf_counter() - started > args.deadline:
+                skipped.append(f"{shape.name} {mode}")
+                continue
             case = build_case(shape, mode, args.device, dtype)
             result = measure(case, args.device, args.budget, args.min_rounds, args.max_rounds)
             ours = result[OURS]["median_s"]
@@ -435,6 +455,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "lengths": list(shape.lengths) if shape.lengths else None,
                          "results": result,
                          "speedup_vs_nn_gru": result[REFERENCE]["median_s"] / ours})
+    if skipped:
+        print(f"# deadline ({args.deadline:g} s) passed: {len(skipped)} cases not run: "
+              + ", ".join(skipped))
+    if args.markdown:
+        write_markdown(args.markdown, rows, machine, args, skipped)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "machine": machine,
@@ -442,6 +467,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "torch": torch.__version__, "gru_native": gru_native.build_info(),
                        "command": "python " + " ".join(sys.argv), "rows": rows}, f, indent=2)
     return 0
+
+
+def write_markdown(path: str, rows: List[dict], machine: str, args, skipped: List[str]) -> None:
+    """The table of main()'s rows as Markdown: one row per (shape, mode), a column per
+    implementation (median, and peer / gru_native in parentheses)."""
+    names: List[str] = []
+    for row in rows:
+        names += [n for n in row["results"] if n not in names]
+    lines = [f"### {args.device} {args.dtype} — {machine} — {time.strftime('%Y-%m-%d')}", "",
+             f"Command: `python {' '.join(sys.argv)}` (torch {torch.__version__}"
+             + ("; TF32 off" if args.device.startswith("cuda") else "") + ")", "",
+             "| shape | T,N,C,H,L,dir | mode | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row in rows:
+        ours = row["results"][OURS]["median_s"]
+        cells = []
+        for name in names:
+            r = row["results"].get(name)
+            if r is None:
+                cells.append("—")
+            elif name == OURS:
+                cells.append(_fmt_time(r["median_s"]))
+            else:
+                cells.append(f"{_fmt_time(r['median_s'])} ({r['median_s'] / ours:.2f}x)")
+        lines.append(f"| {row['shape']} | {row['dims']} | {row['mode']} | " + " | ".join(cells)
+                     + " |")
+    if skipped:
+        lines += ["", f"Not run (deadline {args.deadline:g} s): " + ", ".join(skipped)]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n\n")
 
 
 SWEEP_H = (32, 64, 128, 256, 512, 1024)
