@@ -632,7 +632,7 @@ Form forced_form() {
               env, "'");
 }
 
-// The rule, measured (benchmarks/NOTES.md, "CPU: packed or direct"): the forward's direct
+// The rule, measured (benchmarks/NOTES.md, section 7, "Step-wise calls"): the forward's direct
 // dot products read W_hh once per 4 rows and step, where the packed microkernel reads its
 // copy once per step, so packing pays from about T * N = 100 on (and never at N = 1, where
 // both stream the weights once per step and the direct loop streams them faster).
