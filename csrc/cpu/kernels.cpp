@@ -637,14 +637,17 @@ Form forced_form() {
 // copy once per step, so packing pays from about T * N = 100 on (and never at N = 1, where
 // both stream the weights once per step and the direct loop streams them faster).
 constexpr int64_t kDirectForwardRowSteps = 96;
+// Below a vector's width of hidden units the dot products are mostly their horizontal sums, and
+// packing costs next to nothing (seed shapes, H=5: direct 3-7% slower).
+constexpr int64_t kDirectForwardMinHidden = 16;
 // The backward's in-place view does the packed kernel's arithmetic on W_hh's rows; it loses
 // (by up to 15%) only for large batches over many steps, where the packed panels' locality wins.
 constexpr int64_t kDirectBackwardMaxBatch = 16;
 
-bool forward_direct(const StepSchedule& s) {
+bool forward_direct(const StepSchedule& s, int64_t H) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
-  return s.N <= 2 || s.T * s.N <= kDirectForwardRowSteps;
+  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= kDirectForwardRowSteps);
 }
 
 bool backward_direct(const StepSchedule& s) {
@@ -662,7 +665,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
-  const bool direct = forward_direct(s);
+  const bool direct = forward_direct(s, H);
   std::vector<PackedGemm<scalar_t>> wh(slots);
   std::vector<std::vector<scalar_t>> gh(slots);
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
