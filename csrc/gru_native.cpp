@@ -113,6 +113,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_cpu_gru_train", &gru_native::cpu_gru_train,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "The CPU forward recording a C++ autograd node whose backward is the CPU backward op");
+  m.def("_cpu_gru_cell", &gru_native::cpu_gru_cell,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "One GRUCell step on the CPU implementation (training node when train=True)");
   m.def("_set_differentiable_backward", &gru_native::set_differentiable_backward,
         "Registers the Python backward used under create_graph=True");
 }

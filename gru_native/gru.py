@@ -275,8 +275,17 @@ class GRUCell(nn.RNNCellBase):
             )
         else:
             hx = hx.unsqueeze(0) if not is_batched else hx
-        ret = ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                           self.bias_hh)
+        params = self._parameters
+        if ("weight_ih" in params and "weight_hh" in params and "bias_ih" in params
+                and "bias_hh" in params):
+            # The parameters as self.weight_ih etc. would return them (nn.Module.__getattr__
+            # costs more than a small cell); a parametrized weight is no longer in
+            # _parameters and goes through the attribute.
+            ret = ops.gru_cell(input, hx, params["weight_ih"], params["weight_hh"],
+                               params["bias_ih"], params["bias_hh"])
+        else:
+            ret = ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                               self.bias_hh)
         if not is_batched:
             ret = ret.squeeze(0)
         return ret

@@ -507,18 +507,11 @@ def gru_cell(
         # a small cell). The C++ checks every shape, dtype and device; anything it rejects goes
         # on to the checks below and torch's cell, which raises nn.GRUCell's error (or computes
         # nn.GRUCell's result).
-        weights = [w_ih, w_hh, b_ih, b_hh] if has_biases else [w_ih, w_hh]
+        train = torch.is_grad_enabled() and (
+            input.requires_grad or hx.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+            or (has_biases and (b_ih.requires_grad or b_hh.requires_grad)))
         try:
-            if torch.is_grad_enabled() and (
-                    input.requires_grad or hx.requires_grad or w_ih.requires_grad
-                    or w_hh.requires_grad or (has_biases and (b_ih.requires_grad
-                                                             or b_hh.requires_grad))):
-                _, hy = _C._cpu_gru_train(input[None], weights, hx[None], None, None,
-                                          has_biases, 1, False)
-            else:
-                _, hy, _, _ = _C._cpu_gru_forward(input[None], hx[None], weights, None, None,
-                                                  has_biases, 1, False, False)
-            return hy[0]
+            return _C._cpu_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, train)
         except (RuntimeError, TypeError, ValueError, IndexError):
             pass
     H = hx.size(1) if hx.dim() == 2 else -1

@@ -202,3 +202,40 @@ def test_generation_loop_matches_nn_gru():
         tokens[name] = (seq, hidden)
     assert tokens["ours"][0] == tokens["ref"][0]
     assert_close(tokens["ours"][1], tokens["ref"][1])
+
+
+def test_cell_with_a_parametrized_weight_matches_nn_grucell():
+    """GRUCell reads its parameters from _parameters where they are there; a parametrized weight
+    (no longer there) goes through the attribute, as in nn.GRUCell."""
+    from torch.nn.utils import parametrize
+
+    class Scale(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    torch.manual_seed(0)
+    ref, ours = nn.GRUCell(7, 12), gru_native.GRUCell(7, 12)
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        parametrize.register_parametrization(m, "weight_hh", Scale())
+    x, h = torch.randn(3, 7), torch.randn(3, 12)
+    assert_close(ours(x, h), ref(x, h))
+    ours(x, h).sum().backward()
+    ref(x, h).sum().backward()
+    assert_close(ours.parametrizations.weight_hh.original.grad,
+                 ref.parametrizations.weight_hh.original.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_fast_path_errors_are_nn_grucells(bias):
+    torch.manual_seed(0)
+    ref, ours = nn.GRUCell(4, 6, bias=bias), gru_native.GRUCell(4, 6, bias=bias)
+    cases = [(torch.randn(2, 5), torch.randn(2, 6)),            # wrong input size
+             (torch.randn(2, 4), torch.randn(3, 6)),            # batch mismatch
+             (torch.randn(2, 4), torch.randn(2, 6).double())]   # hx dtype
+    for x, h in cases:
+        with pytest.raises(Exception) as expected:
+            ref(x, h)
+        with pytest.raises(type(expected.value)) as got:
+            ours(x, h)
+        assert str(got.value) == str(expected.value)

@@ -170,4 +170,24 @@ std::tuple<at::Tensor, at::Tensor> cpu_gru_train(
   return {out[0], out[1]};
 }
 
+at::Tensor cpu_gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                        const std::optional<at::Tensor>& b_hh, bool train) {
+  const bool has_biases = b_ih.has_value();
+  TORCH_CHECK(has_biases == b_hh.has_value(), "gru_native: b_ih and b_hh must both be given or "
+              "both be None");
+  std::vector<at::Tensor> weights{w_ih, w_hh};
+  if (has_biases) {
+    weights.push_back(*b_ih);
+    weights.push_back(*b_hh);
+  }
+  const at::Tensor x = input.unsqueeze(0), h = hx.unsqueeze(0);
+  at::Tensor hy = train ? std::get<1>(cpu_gru_train(x, weights, h, std::nullopt, std::nullopt,
+                                                    has_biases, 1, false))
+                        : std::get<1>(cpu_forward_direct(x, h, weights, std::nullopt,
+                                                         std::nullopt, has_biases, 1, false,
+                                                         false));
+  return hy.squeeze(0);
+}
+
 }  // namespace gru_native
