@@ -213,23 +213,46 @@ __global__ void multiply_kernel(int64_t n, const T* a, const T* b, T* out) {
 //
 // One cooperative launch runs a layer's whole sequence; blocks [d * B, (d + 1) * B) serve
 // direction d, and block q of a direction owns hidden units [q * U, q * U + U) (the last block
-// fewer, or none). Each block has kWarps warps; warp w owns the block's units w, w + kWarps,
-// w + 2 kWarps, ... (pass 0, 1, 2, ...). Within a warp the 32 lanes split the reduction: lane l
-// holds the weights of k = l + 32 i, i < KT (forward: W_hh[g * H + j][k] for the three gates g
-// of unit j, k < H; backward: W_hh[k][j], k < 3H, i < 3 KT), so that every thread does a short
-// dot product and the 32 partial sums of an output are added in lane order (a fixed order:
-// bitwise reproducible). Pass 0's weights live in registers (compile-time KT, loops unrolled),
-// later passes' in shared memory. Per step:
-//   forward:  h_{t-1} of a chunk of rows -> shared memory (as Acc); each lane's partial sums ->
-//             shared memory; __syncwarp; lanes add them up for one (unit, row) each and run the
+// fewer, or none), kWarps of them per pass (pass 0, 1, 2, ...). Pass 0's weights live in
+// registers (compile-time KT, loops unrolled), later passes' in shared memory. Every thread does
+// a short dot product, and the partial sums of an output are added in a fixed order (bitwise
+// reproducible).
+//   forward:  warp w owns the units w, w + kWarps, ...; its 32 lanes split the reduction: lane l
+//             holds W_hh[g * H + j][k] of the three gates g of unit j for k = l + 32 i, i < KT
+//             (32 KT >= H), so each h value it loads serves 3 FMAs. Per step: h_{t-1} of a chunk
+//             of rows -> shared memory (as Acc); each lane's partial sums -> shared memory;
+//             __syncwarp; lanes add them up (in lane order) for one (unit, row) each and run the
 //             gate math; h_t -> the layer's output; after the last chunk, grid.sync().
-//   backward: the pointwise pass for the block's units writes dG(t); grid.sync(); dG_h(t) of a
-//             chunk of rows -> shared memory; partial sums; __syncwarp; dh_{t-1} of the block's
-//             units += dG_h(t) W_hh[:, j].
-// Shared memory: [pass >= 1 weights, T][rows chunk x 32 KT (3 x 32 KT backward), Acc]
-// [partial sums: kWarps x passes x chunk x (3 | 1) x 32, Acc], 16-byte aligned sections.
+//   backward: the warps form groups of kGroupWarps, each owning kLaneUnits units per pass; the
+//             group's kGroupLanes threads split W_hh's 3H rows: thread gl holds W_hh[k][j] of
+//             its group's units for k = gl + 128 i, i < backward_slots(KT), so each dG value it
+//             loads serves kLaneUnits FMAs. Per step: the pointwise pass for the block's units
+//             writes dG(t); grid.sync(); dG_h(t) of a chunk of rows -> shared memory; each
+//             warp adds its 32 partial sums (a fixed shuffle tree) -> shared memory;
+//             __syncthreads; one thread per (unit, row) adds the group's kGroupWarps warp sums
+//             in order into dh_{t-1}.
+// Shared memory: [pass >= 1 weights, T][rows chunk x staged row, Acc][partial sums, Acc],
+// 16-byte aligned sections (persistent_smem).
 
 constexpr int kWarps = kPersistentThreads / 32;
+// The backward: the block's warps form groups of kGroupWarps; a group owns kLaneUnits units per
+// pass, and its kGroupLanes threads split W_hh's 3H rows, so that each thread holds the weights
+// of kLaneUnits units at its rows and each dG value it loads serves that many units (a warp per
+// unit, as in the forward, would load every dG value once per FMA).
+constexpr int kGroupWarps = 4;
+constexpr int kGroupLanes = 32 * kGroupWarps;
+constexpr int kLaneUnits = 4;
+constexpr int kUnitsPerPass = kWarps / kGroupWarps * kLaneUnits;  // = kWarps: 8 units per pass
+static_assert(kUnitsPerPass == kWarps, "a pass covers kWarps units in both kernels");
+
+// Backward slots per thread: kGroupLanes * slots >= 3 * 32 * KT >= 3H.
+__host__ __device__ constexpr int backward_slots(int kt) {
+  return (3 * 32 * kt + kGroupLanes - 1) / kGroupLanes;
+}
+// The backward's warp sums: [kGroupWarps][pair], pair = unit * chunk + row.
+__host__ __device__ inline int backward_red_stride(int passes, int chunk) {
+  return passes * kUnitsPerPass * chunk;
+}
 
 __host__ __device__ inline size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
@@ -237,12 +260,19 @@ __host__ __device__ inline size_t align16(size_t bytes) { return (bytes + 15) / 
 template <typename T>
 __host__ __device__ inline size_t persistent_smem(bool backward, int kt, int passes, int chunk) {
   using A = typename Acc<T>::type;
-  const size_t slots = static_cast<size_t>(backward ? 3 * kt : 3 * kt);  // per unit and lane
-  const size_t outputs = backward ? 1 : 3;                                 // per unit and row
-  const size_t row = static_cast<size_t>(backward ? 3 * kt : kt) * 32;     // staged row length
+  if (backward) {
+    const size_t slots = static_cast<size_t>(kLaneUnits) * backward_slots(kt);  // per thread
+    const size_t row = static_cast<size_t>(kGroupLanes) * backward_slots(kt);   // staged row
+    return align16((passes - 1) * kPersistentThreads * slots * sizeof(T)) +
+           align16(chunk * row * sizeof(A)) +
+           align16(static_cast<size_t>(kGroupWarps) * backward_red_stride(passes, chunk) *
+                   sizeof(A));
+  }
+  const size_t slots = static_cast<size_t>(3 * kt);  // per unit and lane
+  const size_t row = static_cast<size_t>(kt) * 32;   // staged row length
   return align16((passes - 1) * kWarps * slots * 32 * sizeof(T)) +
          align16(chunk * row * sizeof(A)) +
-         align16(static_cast<size_t>(kWarps) * passes * chunk * outputs * 32 * sizeof(A));
+         align16(static_cast<size_t>(kWarps) * passes * chunk * 3 * 32 * sizeof(A));
 }
 
 // h_{t-1} of the rows of step t in direction d: rows [0, n_from_out) continue from the
@@ -272,6 +302,26 @@ __device__ __forceinline__ A sum32(const A* p) {
     for (int c = 0; c < 4; ++c) s[c] += p[l + c];
   }
   return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// The sums over a warp's 32 lanes of four values per lane, in 6 shuffles rather than 20: halves
+// of the warp exchange halves of the values (lanes < 16 keep values 0 and 1, the others 2 and
+// 3), then quarters (bit 3 of the lane picks one of the two), then a butterfly over the last 8
+// lanes. Returns the value this lane's x[0] now holds the sum of: v = 2 (lane >= 16) + bit 3 of
+// the lane; lane 8 v adds in a fixed order (bitwise reproducible).
+template <typename A>
+__device__ __forceinline__ int warp_sum4(A (&x)[4], int lane) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool upper = lane & 16, odd = lane & 8;
+  const A s0 = __shfl_xor_sync(kAll, upper ? x[0] : x[2], 16);
+  const A s1 = __shfl_xor_sync(kAll, upper ? x[1] : x[3], 16);
+  const A a0 = (upper ? x[2] : x[0]) + s0;
+  const A a1 = (upper ? x[3] : x[1]) + s1;
+  A r = (odd ? a1 : a0) + __shfl_xor_sync(kAll, odd ? a0 : a1, 8);
+#pragma unroll
+  for (int o = 4; o > 0; o /= 2) r += __shfl_xor_sync(kAll, r, o);
+  x[0] = r;
+  return (upper ? 2 : 0) + (odd ? 1 : 0);
 }
 
 // What a thread of a persistent block works on.
@@ -416,33 +466,47 @@ template <typename T, int KT>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_backward_kernel(PersistentLayer<T> p, PersistentShape shape) {
   using A = typename Acc<T>::type;
-  constexpr int KB = 3 * KT;    // slots per lane: k = lane + 32 i over the 3H rows of W_hh
-  constexpr int K32 = 32 * KB;  // a staged row: dG_h, zero past 3H
+  constexpr int KG = backward_slots(KT);  // slots per thread: k = gl + 128 i over W_hh's 3H rows
+  constexpr int KROW = kGroupLanes * KG;  // a staged row: dG_h, zero past 3H
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
   GRU_DYNAMIC_SHARED(smem);
   const int64_t H = p.H, G = kGates * H, ld = p.ld;
   const PersistentThread th = persistent_thread(shape, H);
-  const int d = th.d, warp = th.warp, lane = th.lane, passes = shape.passes;
-  const int chunk = shape.chunk;
-  T* w_smem = reinterpret_cast<T*>(smem);  // [pass - 1][warp][i][lane]
+  const int d = th.d, passes = shape.passes, chunk = shape.chunk;
+  const int tid = threadIdx.x;
+  const int group = th.warp / kGroupWarps;                          // 0 or 1
+  const int wig = th.warp % kGroupWarps;                            // warp within the group
+  const int gl = wig * 32 + th.lane;                                // thread within the group
+  const int stride = backward_red_stride(passes, chunk);            // warp sums: [wig][pair]
+  T* w_smem = reinterpret_cast<T*>(smem);  // [pass - 1][v][i][tid]
   A* dgs = reinterpret_cast<A*>(
-      smem + align16(static_cast<size_t>(passes - 1) * kWarps * KB * 32 * sizeof(T)));
-  A* red = dgs + align16(static_cast<size_t>(chunk) * K32 * sizeof(A)) / sizeof(A);
+      smem + align16(static_cast<size_t>(passes - 1) * kPersistentThreads * kLaneUnits * KG *
+                     sizeof(T)));
+  A* red = dgs + align16(static_cast<size_t>(chunk) * KROW * sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
+  // Unit of (pass q, slot v) of this thread's group, counted from the block's first unit.
+  auto unit = [&](int q, int v) { return q * kUnitsPerPass + group * kLaneUnits + v; };
 
-  A wr[KB];
-  for (int q = 0; q < passes; ++q) {
-    const int64_t u = warp + static_cast<int64_t>(kWarps) * q, j = th.j0 + u;
+  // Weights W_hh[k][j] of the group's kLaneUnits units at this thread's k: pass 0 in
+  // registers, the others in this thread's slots of shared memory (only it reads them).
+  auto weight = [&](int q, int v, int i) {
+    const int64_t u = unit(q, v), k = gl + static_cast<int64_t>(kGroupLanes) * i;
+    return (u < th.units && k < G) ? W[k * H + th.j0 + u] : from_acc<T>(A(0));
+  };
+  // (Pass 0 in its own fully unrolled loop: written inside the loop over passes, the register
+  // array cost ptxas 100 more registers and spilled at KT = 32.)
+  A wr[kLaneUnits][KG];
 #pragma unroll
-    for (int i = 0; i < KB; ++i) {
-      const int64_t k = lane + 32 * i;
-      const T zero = from_acc<T>(A(0));
-      const T v = (u < th.units && k < G) ? W[k * H + j] : zero;
-      if (q == 0) {
-        wr[i] = to_acc(v);
-      } else {
-        w_smem[(((q - 1) * kWarps + warp) * KB + i) * 32 + lane] = v;
+  for (int v = 0; v < kLaneUnits; ++v) {
+#pragma unroll
+    for (int i = 0; i < KG; ++i) wr[v][i] = to_acc(weight(0, v, i));
+  }
+  for (int q = 1; q < passes; ++q) {
+    for (int v = 0; v < kLaneUnits; ++v) {
+      for (int i = 0; i < KG; ++i) {
+        w_smem[((static_cast<int64_t>(q - 1) * kLaneUnits + v) * KG + i) * kPersistentThreads +
+               tid] = weight(q, v, i);
       }
     }
   }
@@ -453,7 +517,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     const T* prev = nullptr;
     prev_rows(p, d, t, rows, prev, n_from_out);
     // The pointwise pass for this block's units (dh of these units is only touched here).
-    for (int64_t e = threadIdx.x; e < rows * th.units; e += blockDim.x) {
+    for (int64_t e = tid; e < rows * th.units; e += blockDim.x) {
       const int64_t b = e / th.units, j = th.j0 + e % th.units, row = off + b;
       const A h_prev = b < n_from_out ? to_acc(prev[b * ld + j])
                                       : (p.h0[d] ? to_acc(p.h0[d][b * H + j]) : A(0));
@@ -475,34 +539,52 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     // dh_{t-1}[b][j] += sum_k dG_h[b][k] W_hh[k][j] for this block's units.
     for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
       const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
-      for (int64_t e = threadIdx.x; e < static_cast<int64_t>(nb) * K32; e += blockDim.x) {
-        const int64_t b = b0 + e / K32, k = e % K32;
+      for (int64_t e = tid; e < static_cast<int64_t>(nb) * KROW; e += blockDim.x) {
+        const int64_t b = b0 + e / KROW, k = e % KROW;
         dgs[e] = k < G ? load_cg(p.dg[d] + (off + b) * kGradGates * H + k) : A(0);
       }
       __syncthreads();
+      // Each dG value loaded once serves kLaneUnits units.
       for (int q = 0; q < passes; ++q) {
-        if (warp + static_cast<int64_t>(kWarps) * q >= th.units) break;  // warp-uniform
+        if (unit(q, 0) >= th.units) break;  // group-uniform (no barrier inside)
         for (int b = 0; b < nb; ++b) {
-          const A* gb = dgs + b * K32 + lane;
-          A acc = A(0);
+          const A* gb = dgs + b * KROW + gl;
+          A acc[kLaneUnits];
+#pragma unroll
+          for (int v = 0; v < kLaneUnits; ++v) acc[v] = A(0);
           if (q == 0) {
 #pragma unroll
-            for (int i = 0; i < KB; ++i) acc += wr[i] * gb[32 * i];
-          } else {
-            const T* ws = w_smem + ((q - 1) * kWarps + warp) * KB * 32 + lane;
+            for (int i = 0; i < KG; ++i) {
+              const A x = gb[kGroupLanes * i];
 #pragma unroll
-            for (int i = 0; i < KB; ++i) acc += to_acc(ws[i * 32]) * gb[32 * i];
+              for (int v = 0; v < kLaneUnits; ++v) acc[v] += wr[v][i] * x;
+            }
+          } else {
+            const T* ws = w_smem + static_cast<int64_t>(q - 1) * kLaneUnits * KG *
+                                       kPersistentThreads + tid;
+#pragma unroll
+            for (int i = 0; i < KG; ++i) {
+              const A x = gb[kGroupLanes * i];
+#pragma unroll
+              for (int v = 0; v < kLaneUnits; ++v) {
+                acc[v] += to_acc(ws[(v * KG + i) * kPersistentThreads]) * x;
+              }
+            }
           }
-          red[((warp * passes + q) * chunk + b) * 32 + lane] = acc;
+          // The warp's 32 partial sums of each unit (a fixed order): lane 8 v ends with unit v's.
+          const int v = warp_sum4(acc, th.lane);
+          if (th.lane % 8 == 0 && unit(q, v) < th.units) {
+            red[wig * stride + unit(q, v) * chunk + b] = acc[0];
+          }
         }
       }
-      __syncwarp();
-      for (int e = lane; e < passes * nb; e += 32) {
-        const int q = e / nb, b = e % nb;
-        const int64_t u = warp + static_cast<int64_t>(kWarps) * q;
+      __syncthreads();
+      // One (unit, row) per thread: the group's kGroupWarps warp sums in warp order.
+      for (int e = tid; e < passes * kUnitsPerPass * nb; e += blockDim.x) {
+        const int u = e / nb, b = e % nb;
         if (u >= th.units) continue;
-        const A* rp = red + ((warp * passes + q) * chunk + b) * 32;
-        const A sum = sum32(rp);
+        const A* r = red + u * chunk + b;
+        const A sum = (r[0] + r[stride]) + (r[2 * stride] + r[3 * stride]);
         T* dh = p.dh[d] + (b0 + b) * H + th.j0 + u;
         *dh = from_acc<T>(to_acc(*dh) + sum);
       }
