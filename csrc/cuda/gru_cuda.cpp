@@ -85,16 +85,15 @@ Path requested_path() {
               value, "'");
 }
 
-// The automatic choice follows the per-step cost model of benchmarks/NOTES.md ("GPU cost
-// model"), NOT YET MEASURED on a GPU: the persistent kernels where they fit and the batch is
-// small enough that their shared-memory traffic per row (the forward reads each h_{t-1} row
-// once per warp, for 3 FMAs per load; the backward each dG row, for 1) costs less than the
-// launches, the barrier-free GEMM and the re-read of W_hh that the GEMM path pays per step.
-// float16/bfloat16: cuDNN's GEMMs run on tensor cores, the persistent kernels on FP32 cores,
-// so the break-even batch is lower.
+// The automatic choice follows the per-step cost model of benchmarks/NOTES.md (section 8, "GPU
+// cost model"), NOT YET MEASURED on a GPU: the persistent kernels where they fit and the batch
+// is small enough that staging each step's rows into every block (through L2) and their dot
+// products cost less than the launches and the re-read of W_hh that the GEMM path pays per
+// step. float16/bfloat16: cuDNN's GEMMs run on tensor cores, the persistent kernels on FP32
+// cores, so the forward's break-even batch is lower.
 int64_t persistent_max_batch(bool backward, bool half_type) {
-  if (backward) return half_type ? 8 : 16;
-  return half_type ? 16 : 32;
+  if (backward) return 8;
+  return half_type ? 8 : 16;
 }
 
 template <typename T>
