@@ -227,14 +227,18 @@ __global__ void multiply_kernel(int64_t n, const T* a, const T* b, T* out) {
 //             group's kGroupLanes threads split W_hh's 3H rows: thread gl holds W_hh[k][j] of
 //             its group's units for k = gl + 128 i, i < backward_slots(KT), so each dG value it
 //             loads serves kLaneUnits FMAs. Per step: the pointwise pass for the block's units
-//             writes dG(t); grid.sync(); dG_h(t) of a chunk of rows -> shared memory; each
-//             warp adds its 32 partial sums (a fixed shuffle tree) -> shared memory;
-//             __syncthreads; one thread per (unit, row) adds the group's kGroupWarps warp sums
-//             in order into dh_{t-1}.
+//             writes dG(t); grid.sync(); dG_h(t) of a chunk of rows -> shared memory; partial
+//             sums -> shared memory; __syncwarp; lanes add up a warp's 32 in lane order for one
+//             (unit, row) each; __syncthreads; one thread per (unit, row) adds the group's
+//             kGroupWarps warp sums in order into dh_{t-1}.
 // Shared memory: [pass >= 1 weights, T][rows chunk x staged row, Acc][partial sums, Acc],
 // 16-byte aligned sections (persistent_smem).
 
 constexpr int kWarps = kPersistentThreads / 32;
+// Partial sums in shared memory: 32 per output (one per lane), 33 apart, so that when each lane
+// adds up another output's 32 the lanes read 32 different banks (at 32 apart they would all
+// read the same bank: 32-way conflicts).
+constexpr int kPartialStride = 33;
 // The backward: the block's warps form groups of kGroupWarps; a group owns kLaneUnits units per
 // pass, and its kGroupLanes threads split W_hh's 3H rows, so that each thread holds the weights
 // of kLaneUnits units at its rows and each dG value it loads serves that many units (a warp per
@@ -249,7 +253,8 @@ static_assert(kUnitsPerPass == kWarps, "a pass covers kWarps units in both kerne
 __host__ __device__ constexpr int backward_slots(int kt) {
   return (3 * 32 * kt + kGroupLanes - 1) / kGroupLanes;
 }
-// The backward's warp sums: [kGroupWarps][pair], pair = unit * chunk + row.
+// The backward's warp sums: [kGroupWarps][pair], pair = unit * chunk + row (the lanes' partial
+// sums before them: [warp][unit slot][row][lane]).
 __host__ __device__ inline int backward_red_stride(int passes, int chunk) {
   return passes * kUnitsPerPass * chunk;
 }
@@ -265,6 +270,8 @@ __host__ __device__ inline size_t persistent_smem(bool backward, int kt, int pas
     const size_t row = static_cast<size_t>(kGroupLanes) * backward_slots(kt);   // staged row
     return align16((passes - 1) * kPersistentThreads * slots * sizeof(T)) +
            align16(chunk * row * sizeof(A)) +
+           align16(static_cast<size_t>(kWarps) * kLaneUnits * chunk * kPartialStride *
+                   sizeof(A)) +
            align16(static_cast<size_t>(kGroupWarps) * backward_red_stride(passes, chunk) *
                    sizeof(A));
   }
@@ -272,7 +279,7 @@ __host__ __device__ inline size_t persistent_smem(bool backward, int kt, int pas
   const size_t row = static_cast<size_t>(kt) * 32;   // staged row length
   return align16((passes - 1) * kWarps * slots * 32 * sizeof(T)) +
          align16(chunk * row * sizeof(A)) +
-         align16(static_cast<size_t>(kWarps) * passes * chunk * 3 * 32 * sizeof(A));
+         align16(static_cast<size_t>(kWarps) * passes * chunk * 3 * kPartialStride * sizeof(A));
 }
 
 // h_{t-1} of the rows of step t in direction d: rows [0, n_from_out) continue from the
@@ -302,26 +309,6 @@ __device__ __forceinline__ A sum32(const A* p) {
     for (int c = 0; c < 4; ++c) s[c] += p[l + c];
   }
   return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-// The sums over a warp's 32 lanes of four values per lane, in 6 shuffles rather than 20: halves
-// of the warp exchange halves of the values (lanes < 16 keep values 0 and 1, the others 2 and
-// 3), then quarters (bit 3 of the lane picks one of the two), then a butterfly over the last 8
-// lanes. Returns the value this lane's x[0] now holds the sum of: v = 2 (lane >= 16) + bit 3 of
-// the lane; lane 8 v adds in a fixed order (bitwise reproducible).
-template <typename A>
-__device__ __forceinline__ int warp_sum4(A (&x)[4], int lane) {
-  constexpr unsigned kAll = 0xffffffffu;
-  const bool upper = lane & 16, odd = lane & 8;
-  const A s0 = __shfl_xor_sync(kAll, upper ? x[0] : x[2], 16);
-  const A s1 = __shfl_xor_sync(kAll, upper ? x[1] : x[3], 16);
-  const A a0 = (upper ? x[2] : x[0]) + s0;
-  const A a1 = (upper ? x[3] : x[1]) + s1;
-  A r = (odd ? a1 : a0) + __shfl_xor_sync(kAll, odd ? a0 : a1, 8);
-#pragma unroll
-  for (int o = 4; o > 0; o /= 2) r += __shfl_xor_sync(kAll, r, o);
-  x[0] = r;
-  return (upper ? 2 : 0) + (odd ? 1 : 0);
 }
 
 // What a thread of a persistent block works on.
@@ -423,7 +410,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
             }
           }
 #pragma unroll
-          for (int g = 0; g < 3; ++g) red[(((warp * passes + q) * chunk + b) * 3 + g) * 32 + lane] = acc[g];
+          for (int g = 0; g < 3; ++g) {
+            red[(((warp * passes + q) * chunk + b) * 3 + g) * kPartialStride + lane] = acc[g];
+          }
         }
       }
       __syncwarp();
@@ -433,10 +422,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         const int64_t u = warp + static_cast<int64_t>(kWarps) * q;
         if (u >= th.units) continue;
         const int64_t j = th.j0 + u, row = off + b0 + b;
-        const A* rp = red + (((warp * passes + q) * chunk + b) * 3) * 32;
+        const A* rp = red + (((warp * passes + q) * chunk + b) * 3) * kPartialStride;
         A gh[3];
 #pragma unroll
-        for (int g = 0; g < 3; ++g) gh[g] = sum32(rp + g * 32);
+        for (int g = 0; g < 3; ++g) gh[g] = sum32(rp + g * kPartialStride);
         const T* gi = p.gi[d] + row * G;
         A r, z, n, hn, h_new;
         gru_cell_forward<A, ScalarAct<A>>(
@@ -483,7 +472,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   A* dgs = reinterpret_cast<A*>(
       smem + align16(static_cast<size_t>(passes - 1) * kPersistentThreads * kLaneUnits * KG *
                      sizeof(T)));
-  A* red = dgs + align16(static_cast<size_t>(chunk) * KROW * sizeof(A)) / sizeof(A);
+  A* part = dgs + align16(static_cast<size_t>(chunk) * KROW * sizeof(A)) / sizeof(A);
+  A* red = part + align16(static_cast<size_t>(kWarps) * kLaneUnits * chunk * kPartialStride *
+                          sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
   // Unit of (pass q, slot v) of this thread's group, counted from the block's first unit.
   auto unit = [&](int q, int v) { return q * kUnitsPerPass + group * kLaneUnits + v; };
@@ -571,12 +562,20 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
               }
             }
           }
-          // The warp's 32 partial sums of each unit (a fixed order): lane 8 v ends with unit v's.
-          const int v = warp_sum4(acc, th.lane);
-          if (th.lane % 8 == 0 && unit(q, v) < th.units) {
-            red[wig * stride + unit(q, v) * chunk + b] = acc[0];
+#pragma unroll
+          for (int v = 0; v < kLaneUnits; ++v) {
+            part[((th.warp * kLaneUnits + v) * chunk + b) * kPartialStride + th.lane] = acc[v];
           }
         }
+        __syncwarp();
+        // One (unit, row) per lane: the warp's 32 partial sums in lane order.
+        for (int e = th.lane; e < kLaneUnits * nb; e += 32) {
+          const int v = e / nb, b = e % nb;
+          if (unit(q, v) >= th.units) continue;
+          red[wig * stride + unit(q, v) * chunk + b] =
+              sum32(part + ((th.warp * kLaneUnits + v) * chunk + b) * kPartialStride);
+        }
+        __syncwarp();  // the next pass rewrites part
       }
       __syncthreads();
       // One (unit, row) per thread: the group's kGroupWarps warp sums in warp order.
