@@ -21,12 +21,12 @@ struct CpuBackend {
   // Below this many multiply-adds a GEMM runs in plain loops: a BLAS call through ATen costs
   // microseconds of overhead, more than the whole product.
   static constexpr int64_t kSmallGemm = 32 * 1024;
-  // Up to this many multiply-adds, a few rows times a transposed row-major matrix (the input
-  // projection x W_ih^T of a step or two) run as plain dot products on one thread, not through
-  // ATen's mm: a T=1, N=1, H=256 layer call went from 17.4 to 12.7 us. MKL's two threads win
-  // by about 2x at 1 x 3072 x 1024 (3M; 232 us in mm against 456 us on one thread).
-  static constexpr int64_t kFewRowsGemm = 512 * 1024;
-  static constexpr int64_t kFewRows = 4;
+  // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
+  // run as dot products along W_ih's rows (threaded, 8 rows at a time with AVX512), not through
+  // ATen's mm, which is slow for this transposed case: a T=1, N=1, H=256 layer call went from
+  // 17.4 to 12.7 us; GRUCell inference, weights read from L3 (bench.py --group stepwise):
+  // N=1, H=256 50 -> 35 us, N=8, H=1024 1.31 -> 0.83 ms.
+  static constexpr int64_t kFewRows = 8;
 
   static bool supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
@@ -64,8 +64,7 @@ struct CpuBackend {
   template <typename T>
   static void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias) {
-    const bool few_rows_transposed = M <= kFewRows && B.rs == 1 && A.cs == 1 && beta == T(0) &&
-                                     M * N * K <= kFewRowsGemm;
+    const bool few_rows_transposed = M <= kFewRows && B.rs == 1 && A.cs == 1 && beta == T(0);
     if (M * N * K <= kSmallGemm || few_rows_transposed) {
       cpu::small_gemm(M, N, K, A, B, beta, C, ldc, bias);
     } else {

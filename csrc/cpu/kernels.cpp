@@ -268,12 +268,13 @@ template <typename T, typename Row>
 void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const Row& row, T* C,
               int64_t ldc) {
   constexpr int kCB = 4;
-  const T* a[4];
+  const T* a[8];
   const T* rows[8];
   auto run_rows = [&](auto rb_tag, int64_t m0) {
     constexpr int RB = decltype(rb_tag)::value;
-    // With one row of A, twice the rows of W: enough independent accumulators either way.
-    constexpr int CB = RB == 1 ? 2 * kCB : kCB;
+    // With one row of A, twice the rows of W, with eight half: enough independent accumulators
+    // either way, within the registers.
+    constexpr int CB = RB == 1 ? 2 * kCB : (RB == 8 ? kCB / 2 : kCB);
     for (int i = 0; i < RB; ++i) a[i] = A + (m0 + i) * lda;
     T* cm = C + m0 * ldc;
     int64_t c = 0;
@@ -287,6 +288,11 @@ void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const R
     }
   };
   int64_t m = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  // 32 vector registers: 8 rows of A at a time (16 accumulators), so that a batch of 8 reads
+  // the rows of W once (the same dots, the same bits, as in smaller tiles).
+  for (; m + 8 <= M; m += 8) run_rows(std::integral_constant<int, 8>(), m);
+#endif
   for (; m + 4 <= M; m += 4) run_rows(std::integral_constant<int, 4>(), m);
   if (m + 2 <= M) {
     run_rows(std::integral_constant<int, 2>(), m);
@@ -742,8 +748,14 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
                 int64_t ldc, const T* bias) {
   if (B.rs == 1 && B.cs != 1 && A.cs == 1 && K > 0 && beta == T(0)) {
     // B is a row-major matrix transposed (the input projection x W_ih^T): dot products along
-    // its rows, nothing copied. C = A B (+ bias).
-    dot_rows(M, A.p, A.rs, N, K, [&](int64_t n) { return B.p + n * B.cs; }, C, ldc);
+    // its rows, nothing copied, the rows split over the threads from kParallelDots on (each
+    // output's dot is the same whichever thread runs it). C = A B (+ bias).
+    constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
+    const int64_t grain = M * N * K < kParallelDots ? N : 64;
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      dot_rows(M, A.p, A.rs, n1 - n0, K, [&](int64_t n) { return B.p + (n0 + n) * B.cs; },
+               C + n0, ldc);
+    });
     if (bias != nullptr) {
       for (int64_t m = 0; m < M; ++m) {
         T* c = C + m * ldc;
