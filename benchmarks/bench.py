@@ -346,6 +346,20 @@ def machine_description(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
 
 
+def start_run(args) -> str:
+    """TF32 off on CUDA, then the header lines (versions, device, dtype, machine, date,
+    command); returns the machine's description."""
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    machine = machine_description(args.device)
+    print(f"# gru_native {gru_native.__version__} vs torch.nn.GRU (torch {torch.__version__}), "
+          f"{args.device}, {args.dtype}; {machine}")
+    print(f"# {time.strftime('%Y-%m-%d')}; command: python {' '.join(sys.argv)}")
+    print("# each cell: median time (peer median / gru_native median)")
+    return machine
+
+
 def _fmt_time(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.3f}ms" if ms < 10 else (f"{ms:.2f}ms" if ms < 100 else f"{ms:.1f}ms")
@@ -423,15 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unknown shapes {unknown}; known: {list(by_name)}")
         shapes = [by_name[n] for n in args.shapes.split(",")]
     modes = args.modes.split(",")
-    if args.device.startswith("cuda"):
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    machine = machine_description(args.device)
-    print(f"# gru_native {gru_native.__version__} vs torch.nn.GRU (torch {torch.__version__}), "
-          f"{args.device}, {args.dtype}; {machine}")
-    print(f"# {time.strftime('%Y-%m-%d')}; command: python {' '.join(sys.argv)}")
-    print("# each cell: median time (peer median / gru_native median)")
+    machine = start_run(args)
     global _FORCE_CUDA_PATHS
     _FORCE_CUDA_PATHS = args.cuda_paths
     rows = []
@@ -835,14 +841,7 @@ def generate(args, dtype: torch.dtype) -> dict:
 def run_group(args) -> int:
     """--group: the header lines of main(), the group(s), --json."""
     dtype = getattr(torch, args.dtype)
-    if args.device.startswith("cuda"):
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    machine = machine_description(args.device)
-    print(f"# gru_native {gru_native.__version__} vs torch.nn.GRU (torch {torch.__version__}), "
-          f"{args.device}, {args.dtype}; {machine}")
-    print(f"# {time.strftime('%Y-%m-%d')}; command: python {' '.join(sys.argv)}")
-    print("# each cell: median time (peer median / gru_native median)")
+    machine = start_run(args)
     payload = {}
     if args.group in ("stepwise", "all-stepwise"):
         payload["stepwise"] = stepwise(args, dtype)

@@ -50,6 +50,20 @@ def _run(m, x, h0):
     return out, h, torch.autograd.grad([out, h], inputs, [g_out, g_h])
 
 
+def _assert_matches(ref, ours, x, h0, what=""):
+    """ours and ref on x, h0 with the same output gradients: output, h_n and every gradient
+    within the dtype's tolerance; returns ours' (output, h_n, grads)."""
+    torch.manual_seed(1)  # the same output gradients for both
+    r = _run(ref, x, h0)
+    torch.manual_seed(1)
+    o = _run(ours, x, h0)
+    assert_close(o[0], r[0], f"output{what}")
+    assert_close(o[1], r[1], f"h_n{what}")
+    for a, b in zip(o[2], r[2]):
+        assert_close(a, b, f"grad{what}")
+    return o
+
+
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("layers, bi, batch_first, bias, with_h0", GRID, ids=[
@@ -61,14 +75,7 @@ def test_cuda_parity(layers, bi, batch_first, bias, with_h0, dtype, path):
                           dtype=dtype, device=DEVICE)
     x = torch.randn((3, 6, 5) if batch_first else (6, 3, 5), dtype=dtype, device=DEVICE)
     h0 = torch.randn(layers * D, 3, 8, dtype=dtype, device=DEVICE) if with_h0 else None
-    torch.manual_seed(1)
-    r = _run(ref, x, h0)
-    torch.manual_seed(1)
-    o = _run(ours, x, h0)
-    assert_close(o[0], r[0], "output")
-    assert_close(o[1], r[1], "h_n")
-    for a, b in zip(o[2], r[2]):
-        assert_close(a, b, "grad")
+    o = _assert_matches(ref, ours, x, h0)
     # And the float64 CPU reference.
     cpu = gru_native.GRU(5, 8, layers, bias=bias, batch_first=batch_first, bidirectional=bi,
                          dtype=torch.float64)
@@ -165,14 +172,7 @@ def test_cuda_persistent_with_several_units_per_block(monkeypatch):
         ref, ours = make_pair(7, H, 2, bidirectional=bi, dtype=torch.float64, device=DEVICE)
         x = torch.randn(5, 3, 7, dtype=torch.float64, device=DEVICE)
         h0 = torch.randn(2 * (2 if bi else 1), 3, H, dtype=torch.float64, device=DEVICE)
-        torch.manual_seed(1)  # the same output gradients for both
-        r = _run(ref, x, h0)
-        torch.manual_seed(1)
-        o = _run(ours, x, h0)
-        assert_close(o[0], r[0], f"output H={H}")
-        assert_close(o[1], r[1], f"h_n H={H}")
-        for a, b in zip(o[2], r[2]):
-            assert_close(a, b, f"grad H={H}")
+        _assert_matches(ref, ours, x, h0, f" H={H}")
 
 
 @pytest.mark.parametrize("path", ["persistent"], indirect=True)
@@ -188,14 +188,7 @@ def test_cuda_persistent_rows_in_chunks(path, monkeypatch):
     ref, ours = make_pair(5, 8, 2, bidirectional=True, dtype=torch.float64, device=DEVICE)
     x = torch.randn(4, N, 5, dtype=torch.float64, device=DEVICE)
     h0 = torch.randn(4, N, 8, dtype=torch.float64, device=DEVICE)
-    torch.manual_seed(1)
-    r = _run(ref, x, h0)
-    torch.manual_seed(1)
-    o = _run(ours, x, h0)
-    assert_close(o[0], r[0], "output")
-    assert_close(o[1], r[1], "h_n")
-    for a, b in zip(o[2], r[2]):
-        assert_close(a, b, "grad")
+    _assert_matches(ref, ours, x, h0)
 
 
 @needs_gpu

@@ -114,7 +114,8 @@ def _change_by(route, module):
         for p in module.parameters():
             p.data.add_(torch.randn_like(p), alpha=-0.3)
     elif route == "load_state_dict":
-        module.load_state_dict({k: torch.randn_like(v) * 0.2 for k, v in module.state_dict().items()})
+        state = module.state_dict()
+        module.load_state_dict({k: torch.randn_like(v) * 0.2 for k, v in state.items()})
     elif route == "no_grad_copy":
         with torch.no_grad():
             for p in module.parameters():
