@@ -111,6 +111,16 @@ cudaError_t launch(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block
 
 // -- the GEMM path's pointwise kernels ---------------------------------------------------------
 
+// The gates of unit j that the backward needs, into a workspace row [r | z | n | hn].
+template <typename A>
+__device__ __forceinline__ void save_gates(A* ws_row, int64_t H, int64_t j, A r, A z, A n,
+                                           A hn) {
+  ws_row[j] = r;
+  ws_row[H + j] = z;
+  ws_row[2 * H + j] = n;
+  ws_row[3 * H + j] = hn;
+}
+
 template <typename T>
 __global__ void forward_step_kernel(ForwardStep<T> a) {
   using A = typename Acc<T>::type;
@@ -136,13 +146,7 @@ __global__ void forward_step_kernel(ForwardStep<T> a) {
     const T h_t = from_acc<T>(h_new);
     *h = h_t;
     a.out[d][b * a.ld_out + j] = h_t;
-    if (a.ws[d]) {
-      A* ws = a.ws[d] + b * kWorkspaceGates * H;
-      ws[j] = r;
-      ws[H + j] = z;
-      ws[2 * H + j] = n;
-      ws[3 * H + j] = hn;
-    }
+    if (a.ws[d]) save_gates(a.ws[d] + b * kWorkspaceGates * H, H, j, r, z, n, hn);
   }
 }
 
@@ -436,13 +440,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         const T h_t = from_acc<T>(h_new);
         p.out[row * p.ld + d * H + j] = h_t;
         if (b0 + b >= finish_from) p.hy[d][(b0 + b) * H + j] = h_t;
-        if (p.ws_out[d]) {
-          A* wsr = p.ws_out[d] + row * kWorkspaceGates * H;
-          wsr[j] = r;
-          wsr[H + j] = z;
-          wsr[2 * H + j] = n;
-          wsr[3 * H + j] = hn;
-        }
+        if (p.ws_out[d]) save_gates(p.ws_out[d] + row * kWorkspaceGates * H, H, j, r, z, n, hn);
       }
       // The next chunk rewrites hs and the partial sums (after the last, grid.sync orders).
       if (b0 + chunk < rows) __syncthreads();
