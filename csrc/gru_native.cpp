@@ -30,7 +30,7 @@ TORCH_LIBRARY(gru_native, m) {
       "gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor? hx, "
       "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_mask, Tensor output, "
       "Tensor workspace, Tensor layer_outputs, bool has_biases, int num_layers, "
-      "bool bidirectional, bool need_input_grad, bool need_weight_grad) -> "
+      "bool bidirectional, bool need_input_grad, bool need_weight_grad, bool need_hx_grad=True) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }
 

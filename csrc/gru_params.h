@@ -53,6 +53,7 @@ struct LayerBackwardParams {
   const scalar_t* out = nullptr;                 // [R, D*H] the layer's output h_t
   const scalar_t* dout = nullptr;                // [R, D*H] dL/d(output of this layer)
   scalar_t* dh[2] = {nullptr, nullptr};          // [N, H]  dL/dh_n on entry, dL/dh0 on exit
+  bool need_dh0 = true;  // false: dh on exit is not used (a kernel may skip the last product)
   scalar_t* dg[2] = {nullptr, nullptr};          // [R, 4H] out: [d_r | d_z | d_hn | d_n]
   scalar_t* hp[2] = {nullptr, nullptr};          // [R, H]  out: h_{t-1} of every row
 };

@@ -14,6 +14,8 @@
 //   column_sum<T>(rows, cols, src, ld, dst)      in a fixed order (bitwise reproducible)
 //   multiply<T>(n, a, b, out)                    out = a * b elementwise
 //   empty(sizes, options)                        an internal tensor (workspace, scratch)
+//   empty_result(sizes, options)                 a tensor returned to the caller (outputs,
+//                                                h_n, gradients): an ordinary tensor
 //   workspace_dtype(dtype)                       the saved gates' dtype for this input dtype
 //   Workspace<T>::type                           its C++ type
 // and does all its work on the current device and stream of the tensors it is given.
@@ -96,9 +98,9 @@ struct Stack {
                                      has_biases, num_layers, bidirectional);
     const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L;
     const auto opts = input.options();
-    at::Tensor output = g.packed ? at::empty({R, D * H}, opts)
-                                 : at::empty({g.steps.T, N, D * H}, opts);
-    at::Tensor hy = at::empty({L * D, N, H}, opts);
+    at::Tensor output = g.packed ? Backend::empty_result({R, D * H}, opts)
+                                 : Backend::empty_result({g.steps.T, N, D * H}, opts);
+    at::Tensor hy = Backend::empty_result({L * D, N, H}, opts);
     // Undefined when not needed: the op returns them as empty tensors (op_forward below).
     at::Tensor workspace =
         need_workspace
@@ -185,15 +187,17 @@ struct Stack {
   }
 
   // gru_backward(...) -> (grad_input, grad_hx, grad_weights); grad_input is [0] unless
-  // need_input_grad, grad_weights is empty unless need_weight_grad. grad_output / grad_hy may
-  // be None (that output was not used).
+  // need_input_grad, grad_hx is [0] unless need_hx_grad (then the first step's product with
+  // W_hh, which only gives dL/dh0, is skipped: at T=1 the whole recurrent product), grad_weights
+  // is empty unless need_weight_grad. grad_output / grad_hy may be None (that output was not
+  // used).
   static std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> backward(
       const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
       const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
       const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
       const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
       bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
-      bool need_weight_grad) {
+      bool need_weight_grad, bool need_hx_grad) {
     const Geometry g = make_geometry(info(input), input, hx, weights, batch_sizes, dropout_mask,
                                      has_biases, num_layers, bidirectional);
     check_backward_args(g, input, output, workspace, layer_outputs,
@@ -202,7 +206,9 @@ struct Stack {
     const auto opts = input.options();
     const bool has_gout = grad_output.has_value() && grad_output->defined();
     const at::Tensor dout_top = has_gout ? grad_output->contiguous() : at::zeros({R, D * H}, opts);
-    at::Tensor grad_hx = at::empty({L * D, N, H}, opts);
+    // dL/dh of every layer and direction while the steps run back; dL/dh0 at the end.
+    at::Tensor grad_hx = need_hx_grad ? Backend::empty_result({L * D, N, H}, opts)
+                                      : Backend::empty({L * D, N, H}, opts);
     if (grad_hy.has_value() && grad_hy->defined()) {
       grad_hx.copy_(*grad_hy);
     } else {
@@ -218,9 +224,11 @@ struct Stack {
     std::vector<at::Tensor> w(weights.size());
     for (size_t i = 0; i < weights.size(); ++i) w[i] = weights[i].contiguous();
     std::vector<at::Tensor> grad_weights(need_weight_grad ? weights.size() : 0);
-    for (size_t i = 0; i < grad_weights.size(); ++i) grad_weights[i] = at::empty_like(w[i]);
+    for (size_t i = 0; i < grad_weights.size(); ++i) {
+      grad_weights[i] = Backend::empty_result(w[i].sizes(), w[i].options());
+    }
     at::Tensor grad_input =
-        need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
+        need_input_grad ? Backend::empty_result(input.sizes(), opts) : at::empty({0}, opts);
     // Scratch, one block each (so that the host cache can hand the forward's blocks back):
     // dG of both directions (the same size as the forward's scratch), h_{t-1}, and the gradient
     // of the lower layer's output with (under dropout) the layer's recomputed masked input.
@@ -245,6 +253,7 @@ struct Stack {
         p.steps = g.steps;
         p.H = H;
         p.D = static_cast<int>(D);
+        p.need_dh0 = need_hx_grad;
         p.out = l == L - 1 ? ptr<T>(out_c) : ptr<T>(lower_c) + l * R * D * H;
         p.dout = dout;
         for (int64_t d = 0; d < D; ++d) {
@@ -314,6 +323,7 @@ struct Stack {
         }
       }
     });
+    if (!need_hx_grad) grad_hx = at::empty({0}, opts);
     return {grad_input, grad_hx, grad_weights};
   }
 };

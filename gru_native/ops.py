@@ -91,11 +91,13 @@ def _gru_forward_fake(
 def _gru_backward_fake(
     grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, workspace,
     layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
+    need_hx_grad=True,
 ):
     grad_input = input.new_empty(input.shape) if need_input_grad else input.new_empty((0,))
     D = 2 if bidirectional else 1
     N = input.size(1) if batch_sizes is None else hx.size(1)
-    grad_hx = input.new_empty((num_layers * D, N, weights[1].size(1)))
+    grad_hx = (input.new_empty((num_layers * D, N, weights[1].size(1))) if need_hx_grad
+               else input.new_empty((0,)))
     grad_weights = [w.new_empty(w.shape) for w in weights] if need_weight_grad else []
     return grad_input, grad_hx, grad_weights
 
@@ -118,10 +120,11 @@ def _setup_context(ctx, inputs, output):
     ctx.bidirectional = bidirectional
     ctx.need_input_grad = input.requires_grad
     ctx.need_weight_grad = any(w.requires_grad for w in weights)
+    ctx.need_hx_grad = hx is not None and hx.requires_grad
 
 
 def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirectional,
-                  need_input_grad, need_weight_grad):
+                  need_input_grad, need_weight_grad, need_hx_grad):
     """The backward op on what the forward saved; returns (grad_input, grad_hx, grad_weights)
     with None where no gradient is needed."""
     (input, hx, out, workspace, layer_outputs, batch_sizes, dropout_mask, *weights) = saved
@@ -135,10 +138,11 @@ def _run_backward(saved, grad_output, grad_hy, has_biases, num_layers, bidirecti
     grad_input, grad_hx, grad_weights = _backward_op(
         grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, out, workspace,
         layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
+        need_hx_grad,
     )
     return (
         grad_input if need_input_grad else None,
-        grad_hx if hx is not None else None,
+        grad_hx if need_hx_grad else None,
         list(grad_weights) if need_weight_grad else [None] * len(weights),
     )
 
@@ -183,7 +187,7 @@ def _backward(ctx, grad_output, grad_hy, _grad_workspace, _grad_layer_outputs):
         return grad_input, grad_hx, grad_weights, None, None, None, None, None, None
     grad_input, grad_hx, grad_weights = _run_backward(
         ctx.saved_tensors, grad_output, grad_hy, ctx.has_biases, ctx.num_layers,
-        ctx.bidirectional, ctx.need_input_grad, ctx.need_weight_grad,
+        ctx.bidirectional, ctx.need_input_grad, ctx.need_weight_grad, ctx.need_hx_grad,
     )
     return grad_input, grad_hx, grad_weights, None, None, None, None, None, None
 
@@ -224,7 +228,8 @@ class _EagerGRU(torch.autograd.Function):
             return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
         with _BelowAutograd():
             grad_input, grad_hx, grad_weights = _run_backward(
-                saved, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]))
+                saved, grad_output, grad_hy, *ctx.args, need[0], any(need[7:]),
+                saved[1] is not None and need[1])
         return (grad_input, grad_hx, None, None, None, None, None, *grad_weights)
 
 

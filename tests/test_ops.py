@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gru_native
 from gru_native import ops
@@ -56,6 +57,56 @@ def test_opcheck_backward():
         torch.ops.gru_native.gru_backward.default,
         (g_out, g_h, x, hx, ws, None, None, out, work, lower, True, L, True, True, True),
     )
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_backward_op_without_hx_grad(T, packed):
+    # need_hx_grad=False: grad_hx is [0] and the last step's product with W_hh is skipped; the
+    # other gradients are the same bits as with it, and (opcheck) the fake agrees.
+    torch.manual_seed(0)
+    N, C, H, L, D = 3, 3, 4, 2, 2
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    hx = torch.randn(L * D, N, H, dtype=torch.float64)
+    batch_sizes = None
+    if packed:
+        lengths = [T, max(T - 1, 1), 1]
+        seq = pack_padded_sequence(x, lengths, enforce_sorted=True)
+        x, batch_sizes = seq.data, seq.batch_sizes
+    ws = _weights(C, H, L, D, True, requires_grad=False)
+    out, hy, work, lower = torch.ops.gru_native.gru_forward(x, hx, ws, batch_sizes, None, True,
+                                                            L, True, True)
+    g_out, g_h = torch.randn_like(out), torch.randn_like(hy)
+    args = (g_out, g_h, x, hx, ws, batch_sizes, None, out, work, lower, True, L, True, True,
+            True)
+    with_hx = torch.ops.gru_native.gru_backward(*args)
+    without = torch.ops.gru_native.gru_backward(*args, need_hx_grad=False)
+    assert with_hx[1].shape == (L * D, N, H) and without[1].numel() == 0
+    assert torch.equal(with_hx[0], without[0])
+    for a, b in zip(with_hx[2], without[2]):
+        assert torch.equal(a, b)
+    torch.library.opcheck(torch.ops.gru_native.gru_backward.default, args + (False,))
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_gradients_do_not_depend_on_whether_h0_requires_grad(T):
+    # With h0 not requiring grad the backward skips dL/dh0's product; every other gradient is
+    # bitwise the one computed with it, and both equal nn.GRU's.
+    torch.manual_seed(0)
+    ref, ours = make_pair(5, 6, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(T, 3, 5, dtype=torch.float64)
+    h0 = torch.randn(4, 3, 6, dtype=torch.float64)
+    results = {}
+    for name, m in (("ref", ref), ("ours", ours)):
+        for h0_grad in (False, True):
+            xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_(h0_grad)
+            out, h = m(xi, hi)
+            wanted = [xi] + list(m.parameters()) + ([hi] if h0_grad else [])
+            results[name, h0_grad] = torch.autograd.grad(out.pow(2).sum() + h.sum(), wanted)
+    for a, b in zip(results["ours", False], results["ours", True]):
+        assert torch.equal(a, b)
+    for a, b in zip(results["ours", True], results["ref", True]):
+        assert_close(a, b, "grad vs nn.GRU")
 
 
 def test_backward_op_with_missing_output_gradients():

@@ -88,6 +88,7 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
       for (const at::Tensor& t : w) weights_require_grad |= t.requires_grad();
       ctx->saved_data["input_requires_grad"] = input.requires_grad();
       ctx->saved_data["weights_require_grad"] = weights_require_grad;
+      ctx->saved_data["hx_requires_grad"] = hx.has_value() && hx->requires_grad();
     }
     return {output, hy};
   }
@@ -126,12 +127,14 @@ struct GRUNativeBackward : public torch::autograd::Function<GRUNativeBackward> {
         need_weight_grad |= needs_grad(ctx, 1 + i, "weights_require_grad");
       }
       const bool need_input_grad = needs_grad(ctx, 0, "input_requires_grad");
+      const bool need_hx_grad = hx.defined() && needs_grad(ctx, 1 + P, "hx_requires_grad");
       auto [gi, gh, gw] = cpu_backward_direct(
           defined_or_none(grads[0]), defined_or_none(grads[1]), input, defined_or_none(hx),
           weights, defined_or_none(saved[5]), defined_or_none(saved[6]), saved[2], saved[3],
-          saved[4], has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad);
+          saved[4], has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
+          need_hx_grad);
       if (need_input_grad) grad_input = gi;
-      if (hx.defined()) grad_hx = gh;
+      if (need_hx_grad) grad_hx = gh;
       if (need_weight_grad) grad_weights = gw;
     }
     // One slot per element of `tensors` (input, the weights, hx if given), then one per other

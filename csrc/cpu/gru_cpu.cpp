@@ -83,8 +83,12 @@ struct CpuBackend {
   }
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return cpu::cached_empty(c10::multiply_integers(sizes), options.dtype().toScalarType())
-        .view(sizes);
+    return cpu::cached_empty(sizes, options.dtype().toScalarType());
+  }
+  // The tensors returned to the caller come from the host cache too (ordinary, resizable CPU
+  // tensors: host_cache.h), so that a fresh weight gradient does not fault in its pages.
+  static at::Tensor empty_result(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cpu::cached_empty(sizes, options.dtype().toScalarType());
   }
 };
 
@@ -114,12 +118,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
     const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
     const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad) {
+    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
+    bool need_hx_grad) {
   RECORD_FUNCTION("gru_native::gru_backward", std::vector<c10::IValue>());
   TORCH_CHECK(input.device().is_cpu(), "gru_native: cpu_backward_direct on ", input.device());
   return CpuStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask,
                             output, workspace, layer_outputs, has_biases, num_layers,
-                            bidirectional, need_input_grad, need_weight_grad);
+                            bidirectional, need_input_grad, need_weight_grad, need_hx_grad);
 }
 
 }  // namespace gru_native

@@ -27,6 +27,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
     const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
     const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad);
+    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
+    bool need_hx_grad = true);
 
 }  // namespace gru_native

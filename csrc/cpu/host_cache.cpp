@@ -1,17 +1,19 @@
 // host_cache.cpp: see host_cache.h.
 #include "cpu/host_cache.h"
 
+#include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 
 namespace gru_native::cpu {
 namespace {
 
-// Requests below this go to at::empty (glibc reuses such blocks itself).
+// Requests below this go to c10's CPU allocator (glibc reuses such blocks itself).
 constexpr size_t kMinCachedBytes = size_t(1) << 20;
 // Free blocks held at most; beyond this, freed blocks go back to the system.
 constexpr size_t kMaxCachedBytes = size_t(1) << 30;
@@ -91,16 +93,32 @@ void return_block(void* context) {
   delete block;
 }
 
+// A CPU allocator: large blocks from the cache, small ones from c10's. The storage of a tensor
+// it allocated keeps it, so a resize goes through it too.
+class CachingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    if (bytes < kMinCachedBytes) return c10::GetDefaultCPUAllocator()->allocate(bytes);
+    size_t capacity = 0;
+    void* data = cache().take(bytes, capacity);
+    return {data, new Block{data, capacity}, &return_block, c10::Device(c10::kCPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    if (count > 0) std::memcpy(dest, src, count);
+  }
+};
+
+// Never destroyed, like the cache: a tensor may be resized during interpreter shutdown.
+c10::Allocator* caching_allocator() {
+  static CachingAllocator* instance = new CachingAllocator();
+  return instance;
+}
+
 }  // namespace
 
-at::Tensor cached_empty(int64_t numel, at::ScalarType dtype) {
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
-  if (bytes < kMinCachedBytes) return at::empty({numel}, options);
-  size_t capacity = 0;
-  void* data = cache().take(bytes, capacity);
-  auto* block = new Block{data, capacity};
-  return at::from_blob(data, {numel}, [block](void*) { return_block(block); }, options);
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::detail::empty_generic(sizes, caching_allocator(),
+                                   c10::DispatchKeySet(c10::DispatchKey::CPU), dtype, std::nullopt);
 }
 
 int64_t release_cached_blocks() { return cache().release(); }

@@ -730,13 +730,18 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
       return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq], zeros,
                                      direct};
     };
+    // The product of a direction's first step (its last here) only gives dL/dh0.
+    const int64_t products = p.need_dh0 ? s.T : s.T - 1;
     for (int d = d_begin; d < d_end; ++d) {
-      for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
+      if (products > 0) {
+        for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
+      }
       // Steps in the reverse of the order the forward ran them.
       for (int64_t i = 0; i < s.T; ++i) {
         const int64_t t = d == 0 ? s.T - 1 - i : i;
         for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pointwise(t);
         barrier.wait();  // the GEMM reads every slice of dG_h(t)
+        if (i == products) break;
         for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).gemm(t);
       }
     }

@@ -310,6 +310,9 @@ struct CudaBackend {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return device::empty(sizes, options);
   }
+  static at::Tensor empty_result(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
 };
 
 using CudaStack = Stack<CudaBackend>;
@@ -330,11 +333,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_cuda(
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
     bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
-    bool need_weight_grad) {
+    bool need_weight_grad, bool need_hx_grad) {
   const device::Guard guard(input);
   return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
                              dropout_mask, output, workspace, layer_outputs, has_biases,
-                             num_layers, bidirectional, need_input_grad, need_weight_grad);
+                             num_layers, bidirectional, need_input_grad, need_weight_grad,
+                             need_hx_grad);
 }
 
 }  // namespace
@@ -360,10 +364,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
     const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
     const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad) {
+    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
+    bool need_hx_grad) {
   return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask,
                              output, workspace, layer_outputs, has_biases, num_layers,
-                             bidirectional, need_input_grad, need_weight_grad);
+                             bidirectional, need_input_grad, need_weight_grad, need_hx_grad);
 }
 #define GRU_NATIVE_CUDA_DISPATCH_KEY CPU
 #else

@@ -22,9 +22,9 @@ at::TensorOptions options(at::ScalarType t) {
 
 at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   // Device memory is uninitialised: NaN bytes, so that a kernel reading what nothing wrote shows.
-  at::Tensor t = cpu::cached_empty(c10::multiply_integers(sizes), options.dtype().toScalarType());
+  at::Tensor t = cpu::cached_empty(sizes, options.dtype().toScalarType());
   std::memset(t.data_ptr(), 0xff, t.nbytes());
-  return t.view(sizes);
+  return t;
 }
 
 Guard::Guard(const at::Tensor&) {}
