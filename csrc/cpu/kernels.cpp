@@ -617,9 +617,9 @@ int64_t slice_align() {
 }
 
 template <typename scalar_t>
-size_t packed_size(int64_t K, int64_t Nc) {
+int64_t packed_size(int64_t K, int64_t Nc) {
   using PG = PackedGemm<scalar_t>;
-  return static_cast<size_t>(((Nc + PG::kNR - 1) / PG::kNR) * K * PG::kNR);
+  return ((Nc + PG::kNR - 1) / PG::kNR) * K * PG::kNR;
 }
 
 // How a layer call reads W_hh. Packing it (a transposed copy for the forward, a copy for the
@@ -679,7 +679,7 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     const int64_t cols = kGates * (j1 - j0);
-    if (!direct) wh[i].data.reserve(packed_size<scalar_t>(H, cols));
+    if (!direct) wh[i].reserve(packed_size<scalar_t>(H, cols));
     gh[i].resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
@@ -716,8 +716,8 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     // (In place, only the last partial panel is copied.)
-    packs[i].data.reserve(direct ? packed_size<scalar_t>(kGates * H, PackedGemm<scalar_t>::kNR)
-                                 : packed_size<scalar_t>(kGates * H, j1 - j0));
+    packs[i].reserve(direct ? packed_size<scalar_t>(kGates * H, PackedGemm<scalar_t>::kNR)
+                            : packed_size<scalar_t>(kGates * H, j1 - j0));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
     const bool alone = q < 0;
