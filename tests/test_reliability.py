@@ -4,6 +4,7 @@ memory, and errors from the C++ side."""
 
 import concurrent.futures
 import gc
+import io
 import os
 import time
 
@@ -320,6 +321,36 @@ def test_empty_cache_releases_the_reused_blocks():
     assert gru_native._C._cached_bytes() > 0  # the workspace and scratch, kept for reuse
     released = gru_native.empty_cache()
     assert released > 0 and gru_native._C._cached_bytes() == 0
+
+
+def test_returned_tensors_are_ordinary_cpu_tensors():
+    # Outputs, h_n and gradients come from the host cache (csrc/cpu/host_cache.h) but behave as
+    # at::empty's: resizable, shareable, picklable, and never handed out again while alive.
+    torch.manual_seed(0)
+    m = gru_native.GRU(256, 512)  # gradients of 1.5-3 MB: cached blocks
+    x = torch.randn(300, 2, 256, requires_grad=True)  # output of 1.2 MB
+    out, h = m(x)
+    (out.sum() + h.sum()).backward()
+    grad = m.weight_hh_l0.grad
+    kept_out, kept_grad = out.detach().clone(), grad.clone()
+    with torch.no_grad():  # more calls, freeing and reusing blocks, while out and grad live
+        for _ in range(3):
+            m(torch.randn(300, 2, 256))
+    m.zero_grad(set_to_none=True)  # the next backward's gradients are new tensors
+    out_b, h_b = m(torch.randn(300, 2, 256, requires_grad=True))
+    (out_b.sum() + h_b.sum()).backward()
+    assert m.weight_hh_l0.grad is not grad
+    assert torch.equal(out.detach(), kept_out)
+    assert torch.equal(grad, kept_grad)
+    out2 = out.detach()
+    out2.resize_(400, 2, 512)  # grows: a new block from the same allocator
+    assert torch.equal(out2[:300], kept_out)
+    out2.share_memory_()
+    assert out2.is_shared() and torch.equal(out2[:300], kept_out)
+    buf = io.BytesIO()
+    torch.save(grad, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), kept_grad)
 
 
 def test_backward_frees_its_workspace():

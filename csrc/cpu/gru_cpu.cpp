@@ -88,7 +88,7 @@ struct CpuBackend {
   // The tensors returned to the caller come from the host cache too (ordinary, resizable CPU
   // tensors: host_cache.h), so that a fresh weight gradient does not fault in its pages.
   static at::Tensor empty_result(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return cpu::cached_empty(sizes, options.dtype().toScalarType());
+    return cpu::cached_result(sizes, options.dtype().toScalarType());
   }
 };
 

@@ -21,12 +21,13 @@ constexpr size_t kAlignment = 64;
 
 class HostCache {
  public:
-  void* take(size_t bytes, size_t& capacity) {
+  // The smallest free block that fits and is at most `bytes + bytes / slack_divisor` long, or
+  // a new one.
+  void* take(size_t bytes, size_t slack_divisor, size_t& capacity) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      // The smallest free block that fits and wastes at most half of itself.
       auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= 2 * bytes) {
+      if (it != free_.end() && it->first <= bytes + bytes / slack_divisor) {
         capacity = it->first;
         void* p = it->second;
         free_.erase(it);
@@ -94,31 +95,50 @@ void return_block(void* context) {
 }
 
 // A CPU allocator: large blocks from the cache, small ones from c10's. The storage of a tensor
-// it allocated keeps it, so a resize goes through it too.
+// it allocated keeps it, so a resize goes through it too. A block handed out may be longer than
+// asked by up to bytes / slack_divisor: twice as long for the ops' own tensors (freed within
+// the call or with the graph), an eighth longer for the tensors they return, which the caller
+// may keep.
 class CachingAllocator final : public c10::Allocator {
  public:
+  explicit CachingAllocator(size_t slack_divisor) : slack_divisor_(slack_divisor) {}
   c10::DataPtr allocate(size_t bytes) override {
     if (bytes < kMinCachedBytes) return c10::GetDefaultCPUAllocator()->allocate(bytes);
     size_t capacity = 0;
-    void* data = cache().take(bytes, capacity);
+    void* data = cache().take(bytes, slack_divisor_, capacity);
     return {data, new Block{data, capacity}, &return_block, c10::Device(c10::kCPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     if (count > 0) std::memcpy(dest, src, count);
   }
+
+ private:
+  size_t slack_divisor_;
 };
 
 // Never destroyed, like the cache: a tensor may be resized during interpreter shutdown.
-c10::Allocator* caching_allocator() {
-  static CachingAllocator* instance = new CachingAllocator();
+c10::Allocator* internal_allocator() {
+  static CachingAllocator* instance = new CachingAllocator(1);
   return instance;
+}
+c10::Allocator* result_allocator() {
+  static CachingAllocator* instance = new CachingAllocator(8);
+  return instance;
+}
+
+at::Tensor empty_with(c10::Allocator* allocator, at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::detail::empty_generic(sizes, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   dtype, std::nullopt);
 }
 
 }  // namespace
 
 at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  return at::detail::empty_generic(sizes, caching_allocator(),
-                                   c10::DispatchKeySet(c10::DispatchKey::CPU), dtype, std::nullopt);
+  return empty_with(internal_allocator(), sizes, dtype);
+}
+
+at::Tensor cached_result(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return empty_with(result_allocator(), sizes, dtype);
 }
 
 int64_t release_cached_blocks() { return cache().release(); }

@@ -23,6 +23,10 @@ namespace gru_native::cpu {
 // allocator; large ones reuse a cached block when one fits.
 at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype);
 
+// The same for a tensor returned to the caller, who may keep it: a cached block is reused only
+// when it is at most an eighth longer than asked.
+at::Tensor cached_result(at::IntArrayRef sizes, at::ScalarType dtype);
+
 // Frees every cached block that no tensor is using; returns the bytes released.
 int64_t release_cached_blocks();
 
