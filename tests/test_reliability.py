@@ -323,6 +323,9 @@ def test_empty_cache_releases_the_reused_blocks():
     assert released > 0 and gru_native._C._cached_bytes() == 0
 
 
+@pytest.mark.skipif(gru_native.build_info()["cuda_emulation"],
+                    reason="the emulated CUDA backend returns at::empty's tensors, not the host "
+                           "cache's")
 def test_returned_tensors_are_ordinary_cpu_tensors():
     # Outputs, h_n and gradients come from the host cache (csrc/cpu/host_cache.h) but behave as
     # at::empty's: resizable, shareable, picklable, and never handed out again while alive.
