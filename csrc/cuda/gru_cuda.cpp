@@ -280,6 +280,8 @@ struct CudaBackend {
       }
       device::check(cuda::backward_step(step, stream));
       device::check_launch();
+      // The directions' first steps (the last here): the product only gives dL/dh0.
+      if (i + 1 == s.T && !p.need_dh0) break;
       // dh_{t-1} += dG_h W_hh, both directions (rows past N_t add 0).
       device::gemm<T>(D, N, H, G, MatRef<T>{dgs_p, G, 1}, N * G, MatRef<T>{w, H, 1},
                       G * H, 1.0f, p.dh[0], H, N * H);
