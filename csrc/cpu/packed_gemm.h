@@ -32,8 +32,8 @@ struct PackedGemm {
   static constexpr int kMR = 6;           // rows per microkernel tile
   static constexpr int64_t kKC = 256;     // K block: a panel's block stays in L1 across rows
 
-  // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc. In view
-  // form, data holds only the last partial panel (if any).
+  // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc, in data_. In
+  // view form, data_ holds only the last partial panel (if any).
   int64_t K = 0, Nc = 0;
   const T* view_ = nullptr;  // view form: B[k, c] = view_[k * view_ld_ + c], c < full panels
   int64_t view_ld_ = 0;
@@ -42,7 +42,8 @@ struct PackedGemm {
 
   // Room for n elements of panels, kept for the next pack of this object. The block comes from
   // the host cache (host_cache.h): a fresh 12 MB copy of W_hh (H=1024) faulted in 3,200 pages,
-  // 2.5 ms, at every call. Call before the threads start (the cache takes a lock).
+  // 2.5 ms, at every call. kernels.cpp reserves before its threads start, so that the packs
+  // inside them allocate nothing.
   void reserve(int64_t n) {
     if (n > capacity_) {
       storage_ = cached_empty({n}, c10::CppTypeToScalarType<T>::value);
