@@ -104,9 +104,9 @@ def get_extensions():
 
     if emulation:
         # The CUDA backend on the host: gru_cuda.cpp and kernels.cu (through kernels_emulated.cpp)
-        # against the emulation's CUDA headers, registered for CPU tensors instead of the CPU
-        # backend (gru_cpu.cpp); the rest of csrc/cpu stays (activations, host cache, the C++
-        # autograd node).
+        # against the emulation's CUDA headers, registered for CPU tensors
+        # (emulation/device_emulated.cpp) instead of the CPU backend (gru_cpu.cpp); the rest of
+        # csrc/cpu stays (the kernels' activations, the host cache).
         emu = os.path.join("csrc", "cuda", "emulation")
         emu_sources = [s for s in sources if os.path.basename(s) != "gru_cpu.cpp"] + [
             os.path.join("csrc", "cuda", "gru_cuda.cpp")

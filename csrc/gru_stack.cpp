@@ -4,7 +4,9 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include <sstream>
 #include <string>
+#include <vector>
 
 namespace gru_native {
 namespace {
@@ -25,15 +27,76 @@ void check_same(const at::Tensor& input, const at::Tensor& t, const char* name) 
               t.scalar_type(), " but input has dtype ", input.scalar_type());
 }
 
-// The same for weights[i]; its name is only built when a check fails.
-void check_same(const at::Tensor& input, const at::Tensor& t, int64_t i, const Geometry& g) {
-  TORCH_CHECK(t.device() == input.device(), "gru_native: ", param_name(i, g.P, g.D), " is on ",
-              t.device(), " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), "gru_native: ", param_name(i, g.P, g.D),
-              " has dtype ", t.scalar_type(), " but input has dtype ", input.scalar_type());
+// nn.GRU's error for an h0 whose dtype is not the weights', on the input's device: on the CPU
+// the mismatch first meets W_hh in the recurrent addmm (with biases) or mm (without), whose
+// messages these are; on a GPU cuDNN checks it first.
+[[noreturn]] void hidden_dtype_error(const at::Tensor& input, const at::Tensor& hx,
+                                     const at::Tensor& w_hh, bool has_biases) {
+  if (input.device().is_cuda()) {
+    TORCH_CHECK(false, "Input and hidden tensors are not the same dtype, found input tensor with ",
+                w_hh.scalar_type(), " and hidden tensor with ", hx.scalar_type());
+  }
+  TORCH_CHECK(!has_biases, "mat1 and mat2 must have the same dtype, but got ", hx.scalar_type(),
+              " and ", w_hh.scalar_type());
+  TORCH_CHECK(false, "expected m1 and m2 to have the same dtype, but got: ", hx.dtype(), " != ",
+              w_hh.dtype());
+}
+
+// Why weights[i] is not what the kernels take ("" if it is); the text names nn.GRU's parameter.
+std::string weight_misfit(const at::Tensor& input, const at::Tensor& w, int64_t i, int64_t L,
+                          int64_t D, int64_t P, int64_t C, int64_t H) {
+  if (!w.defined()) return param_name(i, P, D) + " is undefined";
+  if (w.device() != input.device()) {
+    return param_name(i, P, D) + " is on " + w.device().str() + " but input is on " +
+           input.device().str();
+  }
+  if (w.scalar_type() != input.scalar_type()) {
+    return param_name(i, P, D) + " has dtype " + c10::toString(w.scalar_type()) +
+           " but input has dtype " + c10::toString(input.scalar_type());
+  }
+  const int64_t kind = i % P, G = kGates * H;
+  const int64_t cols = kind == 1 ? H : (i / P / D == 0 ? C : D * H);
+  const bool ok = kind < 2 ? (w.dim() == 2 && w.size(0) == G && w.size(1) == cols)
+                           : (w.dim() == 1 && w.size(0) == G);
+  if (ok) return std::string();
+  std::ostringstream msg;
+  msg << param_name(i, P, D) << " must have shape "
+      << (kind < 2 ? std::vector<int64_t>{G, cols} : std::vector<int64_t>{G}) << ", got "
+      << w.sizes();
+  return msg.str();
+}
+
+// W_hh of layer 0 gives H; "" if it is of a usable shape.
+std::string hidden_misfit(const at::Tensor& w_hh0) {
+  if (w_hh0.defined() && w_hh0.dim() == 2 && w_hh0.size(0) == kGates * w_hh0.size(1) &&
+      w_hh0.size(1) > 0) {
+    return std::string();
+  }
+  std::ostringstream msg;
+  msg << "weight_hh_l0 must have shape [3*hidden_size, hidden_size], got ";
+  if (w_hh0.defined()) {
+    msg << w_hh0.sizes();
+  } else {
+    msg << "an undefined tensor";
+  }
+  return msg.str();
 }
 
 }  // namespace
+
+bool weights_fit(const at::Tensor& input, at::TensorList weights, bool has_biases,
+                 int64_t num_layers, bool bidirectional) {
+  const int64_t D = bidirectional ? 2 : 1, P = has_biases ? 4 : 2;
+  if (num_layers < 1 || static_cast<int64_t>(weights.size()) != num_layers * D * P ||
+      input.dim() < 1 || !hidden_misfit(weights[1]).empty()) {
+    return false;
+  }
+  const int64_t H = weights[1].size(1), C = input.size(-1);
+  for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
+    if (!weight_misfit(input, weights[i], i, num_layers, D, P, C, H).empty()) return false;
+  }
+  return true;
+}
 
 Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
                        const std::optional<at::Tensor>& hx, at::TensorList weights,
@@ -56,7 +119,7 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
   }
   if (hx.has_value() && weights.size() >= 2 && weights[1].defined() &&
       hx->scalar_type() != weights[1].scalar_type()) {
-    backend.hidden_dtype_error(*hx, weights[1], has_biases);
+    hidden_dtype_error(input, *hx, weights[1], has_biases);
   }
 
   Geometry g;
@@ -114,23 +177,12 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
   g.steps.offsets = g.offsets.data();
 
   // Weights: nn.GRU's shapes, one dtype and device.
-  const at::Tensor& w_hh0 = weights[1];
-  TORCH_CHECK(w_hh0.dim() == 2 && w_hh0.size(0) == kGates * w_hh0.size(1) && w_hh0.size(1) > 0,
-              "gru_native: weight_hh_l0 must have shape [3*hidden_size, hidden_size], got ",
-              w_hh0.sizes());
-  g.H = w_hh0.size(1);
-  const int64_t G = kGates * g.H;
+  const std::string hidden = hidden_misfit(weights[1]);
+  TORCH_CHECK(hidden.empty(), "gru_native: ", hidden);
+  g.H = weights[1].size(1);
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
-    const at::Tensor& w = weights[i];
-    TORCH_CHECK(w.defined(), "gru_native: ", param_name(i, g.P, g.D), " is undefined");
-    check_same(input, w, i, g);
-    const int64_t kind = i % g.P;
-    const int64_t cols = kind == 1 ? g.H : g.layer_input_size(i / g.P / g.D);
-    const bool ok = kind < 2 ? (w.dim() == 2 && w.size(0) == G && w.size(1) == cols)
-                             : (w.dim() == 1 && w.size(0) == G);
-    TORCH_CHECK(ok, "gru_native: ", param_name(i, g.P, g.D), " must have shape ",
-                kind < 2 ? std::vector<int64_t>{G, cols} : std::vector<int64_t>{G}, ", got ",
-                w.sizes());
+    const std::string why = weight_misfit(input, weights[i], i, g.L, g.D, g.P, g.C, g.H);
+    TORCH_CHECK(why.empty(), "gru_native: ", why);
   }
 
   if (hx.has_value()) {

@@ -1,12 +1,13 @@
-// gru_stack.h: the device-independent part of the fused ops. One forward op runs every layer and
-// direction of the stack (input GEMMs, the recurrence kernels, dropout between layers); one
-// backward op runs them in reverse (recurrence kernels, then one GEMM each for dW_ih, dW_hh and
+// gru_stack.h: the driver, the device-independent part of the fused ops. One forward runs every
+// layer and direction of the stack (input GEMMs, the recurrence kernels, dropout between layers);
+// one backward runs them in reverse (recurrence kernels, then one GEMM each for dW_ih, dW_hh and
 // d(input), bias gradients as deterministic column sums). Shape legend: gru_cell.h.
 //
 // The driver is a template over a Backend, which supplies, as static members:
-//   kName, kDtypes                       for error messages
-//   hidden_dtype_error(hx, w_hh, bias)   raises nn.GRU's message on that device
+//   kName                                "CPU", "CUDA": for error messages
+//   kDtypes                              the dtypes it takes, as text, for error messages
 //   supports(at::ScalarType)             the dtypes its kernels take
+//   Guard                                a device guard constructed from the input tensor
 //   dispatch(at::ScalarType, f)          calls f(static_cast<T*>(nullptr)) for the element type
 //   forward_layer<T>(LayerForwardParams<T>)
 //   backward_layer<T>(LayerBackwardParams<T>)
@@ -18,7 +19,8 @@
 //                                                h_n, gradients): an ordinary tensor
 //   workspace_dtype(dtype)                       the saved gates' dtype for this input dtype
 //   Workspace<T>::type                           its C++ type
-// and does all its work on the current device and stream of the tensors it is given.
+// and does all its work on the current device and stream of the tensors it is given. The
+// backend's entry points (Entries<Backend>) and their registration are in backend.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -50,8 +52,6 @@ struct BackendInfo {
   const char* name;
   const char* dtypes;
   bool dtype_supported;  // the input's dtype
-  // Raises nn.GRU's error on this device for an h0 whose dtype is not the weights'.
-  void (*hidden_dtype_error)(const at::Tensor& hx, const at::Tensor& w_hh, bool has_biases);
 };
 
 // Checks every argument of both ops and builds the step schedule. The checks nn.GRU makes below
@@ -62,6 +62,13 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
                        const std::optional<at::Tensor>& batch_sizes,
                        const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                        int64_t num_layers, bool bidirectional);
+
+// Whether `weights` are what the fused kernels take: nn.GRU's _flat_weights for these flags and
+// input, every one defined, of nn.GRU's shape and of the input's dtype. make_geometry raises
+// when they are not; the direct entries (autograd.cpp) hand such weights to torch's own GRU
+// instead, which computes whatever nn.GRU computes with them, or raises nn.GRU's error.
+bool weights_fit(const at::Tensor& input, at::TensorList weights, bool has_biases,
+                 int64_t num_layers, bool bidirectional);
 
 void check_backward_args(const Geometry& g, const at::Tensor& input, const at::Tensor& output,
                          const at::Tensor& workspace, const at::Tensor& layer_outputs,
@@ -75,8 +82,7 @@ inline T* ptr(const at::Tensor& t) {
 template <typename Backend>
 struct Stack {
   static BackendInfo info(const at::Tensor& input) {
-    return {Backend::kName, Backend::kDtypes, Backend::supports(input.scalar_type()),
-            &Backend::hidden_dtype_error};
+    return {Backend::kName, Backend::kDtypes, Backend::supports(input.scalar_type())};
   }
 
   // gru_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
@@ -101,7 +107,7 @@ struct Stack {
     at::Tensor output = g.packed ? Backend::empty_result({R, D * H}, opts)
                                  : Backend::empty_result({g.steps.T, N, D * H}, opts);
     at::Tensor hy = Backend::empty_result({L * D, N, H}, opts);
-    // Undefined when not needed: the op returns them as empty tensors (op_forward below).
+    // Undefined when not needed (the op returns [0] tensors instead: backend.h).
     at::Tensor workspace =
         need_workspace
             ? Backend::empty({L, D, R, kWorkspaceGates * H},
@@ -173,24 +179,11 @@ struct Stack {
     return {output, hy, workspace, layer_outputs};
   }
 
-  // The op: forward with [0] tensors for what was not kept.
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> op_forward(
-      const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
-      const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-      bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-    auto result = forward(input, hx, weights, batch_sizes, dropout_mask, has_biases, num_layers,
-                          bidirectional, need_workspace);
-    for (at::Tensor* t : {&std::get<2>(result), &std::get<3>(result)}) {
-      if (!t->defined()) *t = at::empty({0}, input.options());
-    }
-    return result;
-  }
-
   // gru_backward(...) -> (grad_input, grad_hx, grad_weights); grad_input is [0] unless
-  // need_input_grad, grad_hx is [0] unless need_hx_grad (then the first step's product with
-  // W_hh, which only gives dL/dh0, is skipped: at T=1 the whole recurrent product), grad_weights
-  // is empty unless need_weight_grad. grad_output / grad_hy may be None (that output was not
-  // used).
+  // need_input_grad, grad_hx is [0] unless need_hx_grad, grad_weights is empty unless
+  // need_weight_grad. Without need_hx_grad the product of each direction's first step with W_hh,
+  // which only gives dL/dh0, is skipped (at T=1: the whole recurrent product). grad_output /
+  // grad_hy may be None (that output was not used).
   static std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> backward(
       const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
       const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,

@@ -1,13 +1,11 @@
-// gru_cpu.cpp: the CPU implementations of the gru_native ops: the shared driver (gru_stack.h) on
-// the CPU kernels (kernels.cpp) and, for the larger GEMMs, torch's BLAS (blas.cpp).
+// gru_cpu.cpp: the CPU backend: the driver (gru_stack.h) on the CPU kernels (kernels.cpp) and,
+// for the larger GEMMs, torch's BLAS (blas.cpp); registered for CPU tensors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/record_function.h>
-#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
+#include "backend.h"
 #include "cpu/blas.h"
-#include "cpu/gru_cpu.h"
 #include "cpu/host_cache.h"
 #include "cpu/kernels.h"
 #include "gru_stack.h"
@@ -22,11 +20,14 @@ struct CpuBackend {
   // microseconds of overhead, more than the whole product.
   static constexpr int64_t kSmallGemm = 32 * 1024;
   // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
-  // run as dot products along W_ih's rows (threaded, 8 rows at a time with AVX512), not through
-  // ATen's mm, which is slow for this transposed case: a T=1, N=1, H=256 layer call went from
-  // 17.4 to 12.7 us; GRUCell inference, weights read from L3 (bench.py --group stepwise):
-  // N=1, H=256 50 -> 35 us, N=8, H=1024 1.31 -> 0.83 ms.
+  // run as dot products along W_ih's rows, threaded, not through ATen's mm, which is slow for
+  // this transposed case (benchmarks/NOTES.md, step-wise calls).
   static constexpr int64_t kFewRows = 8;
+
+  // Tensors of one device: nothing to guard.
+  struct Guard {
+    explicit Guard(const at::Tensor&) {}
+  };
 
   static bool supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
@@ -36,15 +37,6 @@ struct CpuBackend {
   struct Workspace {
     using type = T;
   };
-
-  // nn.GRU on the CPU: a mismatched h0 first meets W_hh in the recurrent addmm (bias) or mm
-  // (no bias), whose messages these are.
-  static void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool has_biases) {
-    TORCH_CHECK(!has_biases, "mat1 and mat2 must have the same dtype, but got ",
-                hx.scalar_type(), " and ", w_hh.scalar_type());
-    TORCH_CHECK(false, "expected m1 and m2 to have the same dtype, but got: ", hx.dtype(),
-                " != ", w_hh.dtype());
-  }
 
   template <typename F>
   static void dispatch(at::ScalarType t, const F& f) {
@@ -92,44 +84,9 @@ struct CpuBackend {
   }
 };
 
-using CpuStack = Stack<CpuBackend>;
-
 }  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_forward_direct(
-    const at::Tensor& input, const std::optional<at::Tensor>& hx,
-    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, bool has_biases, int64_t num_layers,
-    bool bidirectional, bool need_workspace) {
-  RECORD_FUNCTION("gru_native::gru_forward", std::vector<c10::IValue>());
-  TORCH_CHECK(input.device().is_cpu(), "gru_native: cpu_forward_direct on ", input.device());
-  // Inference returns None for the workspace tensors (no allocation); training, what the op
-  // returns.
-  return need_workspace
-             ? CpuStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                                    num_layers, bidirectional, true)
-             : CpuStack::forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                                 num_layers, bidirectional, false);
-}
-
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
-    const at::Tensor& input, const std::optional<at::Tensor>& hx,
-    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
-    const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
-    bool need_hx_grad) {
-  RECORD_FUNCTION("gru_native::gru_backward", std::vector<c10::IValue>());
-  TORCH_CHECK(input.device().is_cpu(), "gru_native: cpu_backward_direct on ", input.device());
-  return CpuStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask,
-                            output, workspace, layer_outputs, has_biases, num_layers,
-                            bidirectional, need_input_grad, need_weight_grad, need_hx_grad);
-}
-
 }  // namespace gru_native
 
 TORCH_LIBRARY_IMPL(gru_native, CPU, m) {
-  m.impl("gru_forward", &gru_native::CpuStack::op_forward);
-  m.impl("gru_backward", &gru_native::CpuStack::backward);
+  gru_native::register_backend<gru_native::CpuBackend>(m, c10::DeviceType::CPU);
 }

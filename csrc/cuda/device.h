@@ -1,11 +1,13 @@
-// device.h: what the CUDA backend (gru_cuda.cpp) needs from the device it runs on, and nothing
-// else: the stream, the device guard, memory, copies, the GEMMs, error checks. Two
-// implementations of this one interface:
+// device.h: what the CUDA backend (gru_cuda.cpp) needs from the device it runs on: the stream,
+// the device guard, memory, copies, the GEMMs, error checks. Two implementations of this one
+// interface:
 //   device_cuda.cpp               a GPU: c10's current CUDA stream and device, the caching
 //                                 allocator, cuBLAS with torch's handle;
 //   emulation/device_emulated.cpp the CUDA emulation (emulation/runtime.h): CPU tensors stand for
 //                                 device memory, GEMMs run on the host, errors are the CPU's.
-// gru_cuda.cpp is one source for both: it sees only this header and kernels.cuh.
+// Besides this header, gru_cuda.cpp sees the kernels' (kernels.cuh), the driver's (gru_stack.h)
+// and the backend table's (backend.h); each implementation also registers the backend for its
+// tensors' dispatch key (gru_cuda.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -54,10 +56,6 @@ void zero(void* dst, size_t bytes);
 // batch_sizes then offsets of the schedule, [2, T] int64 on the current device, copied on
 // stream() (staged in pinned memory on a GPU). Keep the tensor until the work using it is done.
 at::Tensor schedule(const StepSchedule& s);
-
-// nn.GRU's error on this device for an h0 whose dtype is not the weights'.
-[[noreturn]] void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh,
-                                     bool has_biases);
 
 // C_b = A_b B_b + beta C_b for b < batch, on stream(): C_b[M, N] row-major with leading dimension
 // ldc at C + b * stride_c; A_b[M, K] = A at A.p + b * stride_a, B_b[K, N] likewise (each with one

@@ -1,15 +1,19 @@
 // device_cuda.cpp: the device seam (device.h) on a GPU: c10's current CUDA stream and device,
 // torch's caching allocators, and cuBLAS through ATen's thin wrapper (at::cuda::blas::bgemm:
 // torch's cuBLAS handle on the current stream, torch's TF32 and reduced-precision settings; no
-// ATen op, no dispatcher, no tensor in the step loop).
+// ATen op, no dispatcher, no tensor in the step loop); and the CUDA backend's registration for
+// CUDA tensors.
 #include "cuda/device.h"
 
 #include <ATen/cuda/CUDABlas.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <cstring>
+
+#include "cuda/gru_cuda.h"
 
 namespace gru_native::device {
 
@@ -62,12 +66,6 @@ at::Tensor schedule(const StepSchedule& s) {
   return host.to(options(at::kLong), /*non_blocking=*/true);
 }
 
-void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool) {
-  // nn.GRU on the GPU: cuDNN's check_attributes with check_dtype.
-  TORCH_CHECK(false, "Input and hidden tensors are not the same dtype, found input tensor with ",
-              w_hh.scalar_type(), " and hidden tensor with ", hx.scalar_type());
-}
-
 namespace {
 
 // A row-major operand as cuBLAS sees it (column-major): op and leading dimension of the
@@ -117,3 +115,5 @@ GRU_NATIVE_INSTANTIATE(at::BFloat16)
 #undef GRU_NATIVE_INSTANTIATE
 
 }  // namespace gru_native::device
+
+TORCH_LIBRARY_IMPL(gru_native, CUDA, m) { gru_native::register_cuda_backend(m); }

@@ -1,25 +1,24 @@
-// gru_cuda.cpp: the CUDA implementations of the gru_native ops: the shared driver (gru_stack.h) on
-// the CUDA kernels (kernels.cu). The binding layer: path choice, the GEMM path's step loop, the
-// persistent path's setup, dtype mapping. Everything device-specific (stream, device guard,
-// memory, copies, GEMMs, error checks) goes through device.h, so this one source serves a GPU
-// (device_cuda.cpp) and the CUDA emulation on CPU tensors (emulation/device_emulated.cpp).
+// gru_cuda.cpp: the CUDA backend: the driver (gru_stack.h) on the CUDA kernels (kernels.cu). The
+// binding layer: path choice, the GEMM path's step loop, the persistent path's setup, dtype
+// mapping. Everything device-specific (stream, device guard, memory, copies, GEMMs, error checks)
+// goes through device.h, so this one source serves a GPU (device_cuda.cpp) and the CUDA
+// emulation on CPU tensors (emulation/device_emulated.cpp); each of those registers it for its
+// tensors' dispatch key (register_cuda_backend, gru_cuda.h).
+#include "cuda/gru_cuda.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "backend.h"
 #include "cuda/device.h"
 #include "cuda/kernels.cuh"
 #include "gru_stack.h"
-
-#ifdef GRU_NATIVE_CUDA_EMULATION
-#include "cpu/gru_cpu.h"
-#endif
 
 namespace gru_native {
 namespace {
@@ -148,9 +147,7 @@ struct CudaBackend {
   template <typename T>
   using Workspace = WorkspaceType<T>;
 
-  static void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool bias) {
-    device::hidden_dtype_error(hx, w_hh, bias);
-  }
+  using Guard = device::Guard;
 
   template <typename F>
   static void dispatch(at::ScalarType t, const F& f) {
@@ -317,69 +314,10 @@ struct CudaBackend {
   }
 };
 
-using CudaStack = Stack<CudaBackend>;
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
-    const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_workspace) {
-  // (A CPU input, reached with CUDA weights, gets make_geometry's device error, not a guard's.)
-  const device::Guard guard(input);
-  return CudaStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                               num_layers, bidirectional, need_workspace);
-}
-
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> gru_backward_cuda(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
-    const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_mask,
-    const at::Tensor& output, const at::Tensor& workspace, const at::Tensor& layer_outputs,
-    bool has_biases, int64_t num_layers, bool bidirectional, bool need_input_grad,
-    bool need_weight_grad, bool need_hx_grad) {
-  const device::Guard guard(input);
-  return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
-                             dropout_mask, output, workspace, layer_outputs, has_biases,
-                             num_layers, bidirectional, need_input_grad, need_weight_grad,
-                             need_hx_grad);
-}
-
 }  // namespace
 
-#ifdef GRU_NATIVE_CUDA_EMULATION
-// Under the emulation this backend serves CPU tensors, so it is also what the eager CPU entry
-// points call (the CPU kernels are not built): see cpu/gru_cpu.h for their contract.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_forward_direct(
-    const at::Tensor& input, const std::optional<at::Tensor>& hx,
-    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, bool has_biases, int64_t num_layers,
-    bool bidirectional, bool need_workspace) {
-  return need_workspace
-             ? CudaStack::op_forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                                     num_layers, bidirectional, true)
-             : CudaStack::forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                                  num_layers, bidirectional, false);
+void register_cuda_backend(torch::Library& m) {
+  register_backend<CudaBackend>(m, device::type());
 }
-
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cpu_backward_direct(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
-    const at::Tensor& input, const std::optional<at::Tensor>& hx,
-    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes,
-    const std::optional<at::Tensor>& dropout_mask, const at::Tensor& output,
-    const at::Tensor& workspace, const at::Tensor& layer_outputs, bool has_biases,
-    int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
-    bool need_hx_grad) {
-  return CudaStack::backward(grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask,
-                             output, workspace, layer_outputs, has_biases, num_layers,
-                             bidirectional, need_input_grad, need_weight_grad, need_hx_grad);
-}
-#define GRU_NATIVE_CUDA_DISPATCH_KEY CPU
-#else
-#define GRU_NATIVE_CUDA_DISPATCH_KEY CUDA
-#endif
 
 }  // namespace gru_native
-
-TORCH_LIBRARY_IMPL(gru_native, GRU_NATIVE_CUDA_DISPATCH_KEY, m) {
-  m.impl("gru_forward", &gru_native::gru_forward_cuda);
-  m.impl("gru_backward", &gru_native::gru_backward_cuda);
-}

@@ -1,14 +1,17 @@
 // device_emulated.cpp: the device seam (cuda/device.h) under the CUDA emulation: CPU tensors stand
 // for device memory, the kernels run on the emulation runtime (runtime.h) as they are launched,
 // GEMMs run on the host in the precision cuBLAS computes them in (float for the half types), and
-// errors are nn.GRU's on the CPU (the tensors are CPU tensors).
+// errors are nn.GRU's on the CPU (the tensors are CPU tensors); and the CUDA backend's
+// registration for CPU tensors.
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <cstring>
 #include <vector>
 
 #include "cpu/host_cache.h"
 #include "cuda/device.h"
+#include "cuda/gru_cuda.h"
 
 namespace gru_native::device {
 
@@ -51,15 +54,6 @@ at::Tensor schedule(const StepSchedule& s) {
   std::memcpy(t.data_ptr<int64_t>(), s.batch_sizes, s.T * sizeof(int64_t));
   std::memcpy(t.data_ptr<int64_t>() + s.T, s.offsets, s.T * sizeof(int64_t));
   return t;
-}
-
-void hidden_dtype_error(const at::Tensor& hx, const at::Tensor& w_hh, bool has_biases) {
-  // nn.GRU on the CPU: a mismatched h0 first meets W_hh in the recurrent addmm (bias) or mm (no
-  // bias), whose messages these are.
-  TORCH_CHECK(!has_biases, "mat1 and mat2 must have the same dtype, but got ", hx.scalar_type(),
-              " and ", w_hh.scalar_type());
-  TORCH_CHECK(false, "expected m1 and m2 to have the same dtype, but got: ", hx.dtype(), " != ",
-              w_hh.dtype());
 }
 
 namespace {
@@ -118,3 +112,6 @@ GRU_NATIVE_INSTANTIATE(at::BFloat16)
 #undef GRU_NATIVE_INSTANTIATE
 
 }  // namespace gru_native::device
+
+// The CUDA backend serves CPU tensors in this build (the CPU backend is not built).
+TORCH_LIBRARY_IMPL(gru_native, CPU, m) { gru_native::register_cuda_backend(m); }

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/gru_cpu.h"
+#include "backend.h"
 #include "cuda/emulation/runtime.h"
 
 namespace {
@@ -213,17 +213,19 @@ Result run_case(const Case& c, at::ScalarType dtype, const char* path) {
   if (c.dropout && c.L > 1) {
     mask = at::bernoulli(at::full({c.L - 1, R, D * c.H}, 0.7, opt)).div_(0.7).to(dtype);
   }
-  auto [out, hy, ws, lower] = gru_native::cpu_forward_direct(x, hx, w, batch_sizes, mask, c.bias,
-                                                             c.L, c.bi, true);
-  auto [out_inf, hy_inf, ws_inf, lower_inf] = gru_native::cpu_forward_direct(
-      x, hx, w, batch_sizes, mask, c.bias, c.L, c.bi, false);
+  // The backend serving CPU tensors in this build: the CUDA backend (device_emulated.cpp).
+  const gru_native::BackendEntry* backend = gru_native::find_backend(c10::DeviceType::CPU);
+  auto [out, hy, ws, lower] =
+      backend->forward(x, hx, w, batch_sizes, mask, c.bias, c.L, c.bi, true);
+  if (!lower.defined()) lower = at::empty({0}, x.options());  // as the op returns it
+  auto [out_inf, hy_inf, ws_inf, lower_inf] =
+      backend->forward(x, hx, w, batch_sizes, mask, c.bias, c.L, c.bi, false);
   expect(at::equal(out, out_inf) && at::equal(hy, hy_inf),
          std::string(c.name) + " " + path + ": inference equals the training forward bitwise");
   const at::Tensor g_out = at::randn(out.sizes(), opt).to(dtype);
   const at::Tensor g_hy = at::randn(hy.sizes(), opt).to(dtype);
-  auto [gx, ghx, gw] = gru_native::cpu_backward_direct(g_out, g_hy, x, hx, w, batch_sizes, mask,
-                                                       out, ws, lower, c.bias, c.L, c.bi, true,
-                                                       true);
+  auto [gx, ghx, gw] = backend->backward(g_out, g_hy, x, hx, w, batch_sizes, mask, out, ws,
+                                         lower, c.bias, c.L, c.bi, true, true, true);
   Result r;
   r.tensors = {out, hy, gx, ghx};
   r.tensors.insert(r.tensors.end(), gw.begin(), gw.end());

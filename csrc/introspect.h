@@ -1,0 +1,23 @@
+// introspect.h: what the Python side and the tests read about this build: how it was built, the
+// backends it has, and the CPU kernels' activation functions.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <pybind11/pybind11.h>
+
+#include <tuple>
+
+namespace gru_native {
+
+// Build facts: torch version built against, CUDA or not (architectures, nvcc flags), the CUDA
+// emulation, compiler flags, CPU vector ISA, portable, debug.
+pybind11::dict build_info();
+
+// The registered backends (backend.h): [(device type, name, [dtype names], {dtype name: saved
+// gates' dtype name})], e.g. [("cpu", "CPU", ["float32", "float64"], {...})].
+pybind11::list backends();
+
+// The CPU kernels' (sigmoid(x), tanh(x)) of a 1-D CPU tensor, for the accuracy tests.
+std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x);
+
+}  // namespace gru_native
