@@ -1,5 +1,5 @@
-"""Shared test helpers: the tolerance table, one comparison that reports the worst element, and
-the devices to run on."""
+"""Shared test helpers: the tolerance table, one comparison that reports the worst element, the
+same-error check against nn.GRU, and the devices to run on."""
 
 import pytest
 import torch
@@ -63,6 +63,26 @@ def assert_close(actual, expected, name="", dtype=None, atol=None, rtol=None):
             f"{a.reshape(-1)[worst].item()!r} vs {e.reshape(-1)[worst].item()!r} "
             f"(atol={atol}, rtol={rtol}, dtype={dtype})"
         )
+
+
+def _outcome(fn):
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - we compare whatever is raised
+        return type(e), str(e)
+    return "ok", result
+
+
+def assert_same_error(make_call):
+    """make_call(cls) -> a zero-argument callable using cls (nn.GRU or gru_native.GRU): both
+    raise, the same exception type with the same message."""
+    import gru_native
+
+    ref_type, ref_msg = _outcome(make_call(torch.nn.GRU))
+    our_type, our_msg = _outcome(make_call(gru_native.GRU))
+    assert ref_type != "ok", "nn.GRU did not raise: the case is not a bad input"
+    assert our_type is ref_type, f"{our_type} != {ref_type}: {our_msg!r} vs {ref_msg!r}"
+    assert our_msg == ref_msg
 
 
 def assert_meaningful(grad, name, minimum=1e-3):

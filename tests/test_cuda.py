@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gru_native
 from gru_native._reference import module_reference
 
-from _util import assert_close, cuda_backend_device, make_pair
+from _util import assert_close, assert_same_error, cuda_backend_device, make_pair
 
 DEVICE = cuda_backend_device()
 
@@ -255,8 +255,6 @@ def test_cuda_module_moves():
 
 @needs_gpu
 def test_cuda_wrong_device_raises_nn_gru_error():
-    from test_errors import assert_same_error
-
     def make(cls):
         def call():
             m = cls(4, 3).cuda()

@@ -12,8 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gru_native
 
-from _util import assert_close, make_pair
-from test_errors import assert_same_error
+from _util import assert_close, assert_same_error, make_pair
 
 
 class Tagger(nn.Module):

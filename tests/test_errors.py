@@ -1,5 +1,6 @@
 """Bad arguments raise what torch.nn.GRU raises: same exception type, same message, checked
-against nn.GRU in the test itself (SPEC.md 1.1 and 1.4)."""
+against nn.GRU in the test itself (the constructor's validation, then forward's checks in
+nn.GRU's order)."""
 
 import logging
 import warnings
@@ -10,22 +11,7 @@ from torch import nn
 
 import gru_native
 
-
-def _outcome(fn):
-    try:
-        result = fn()
-    except Exception as e:  # noqa: BLE001 - we compare whatever is raised
-        return type(e), str(e)
-    return "ok", result
-
-
-def assert_same_error(make_call):
-    """make_call(cls) -> a zero-argument callable using cls (nn.GRU or gru_native.GRU)."""
-    ref_type, ref_msg = _outcome(make_call(nn.GRU))
-    our_type, our_msg = _outcome(make_call(gru_native.GRU))
-    assert ref_type != "ok", "nn.GRU did not raise: the case is not a bad input"
-    assert our_type is ref_type, f"{our_type} != {ref_type}: {our_msg!r} vs {ref_msg!r}"
-    assert our_msg == ref_msg
+from _util import assert_same_error
 
 
 CONSTRUCTOR_CASES = {

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence, pack_seque
 import gru_native
 from gru_native._reference import module_reference
 
-from _util import assert_close, assert_meaningful, devices, make_pair
+from _util import assert_close, assert_meaningful, assert_same_error, devices, make_pair
 
 C, H = 3, 4
 
@@ -157,11 +157,6 @@ def test_packed_dropout_matches_nn_gru_under_the_same_seed():
     assert_close(outs[1][1], outs[0][1], "h_n")
 
 
-def _packed_errors(make_call):
-    from test_errors import assert_same_error
-    assert_same_error(make_call)
-
-
 def _packed(lengths=(3, 2), features=C, enforce_sorted=True, dtype=torch.float32):
     seqs = [torch.randn(n, features, dtype=dtype) for n in lengths]
     return pack_sequence(seqs, enforce_sorted=enforce_sorted)
@@ -185,7 +180,7 @@ PACKED_ERRORS = {
 
 @pytest.mark.parametrize("case", list(PACKED_ERRORS), ids=str)
 def test_packed_errors_match_nn_gru(case):
-    _packed_errors(PACKED_ERRORS[case])
+    assert_same_error(PACKED_ERRORS[case])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
