@@ -21,8 +21,8 @@
 //     cudaStreamSynchronize, cudaDeviceSynchronize. Device memory is host memory; a launch
 //     runs to completion before it returns (streams are accepted and ignored).
 //
-// How threads run (runtime.cpp). Every thread of a block really runs, and the threads of a block
-// interleave at every barrier:
+// How threads run (launch.cpp, fibers.cpp, os_threads.cpp). Every thread of a block really runs,
+// and the threads of a block interleave at every barrier:
 //   GRU_NATIVE_EMULATION_THREADS=fiber  (default) each CUDA thread is a fiber (its own stack) on
 //       the calling host thread; a fiber runs until it reaches a barrier or ends, then the next
 //       one runs. A barrier releases its group once every thread of it that has not exited has
@@ -41,8 +41,8 @@
 // cudaErrorLaunchFailure and a message (gru_emu::last_failure()). Shared memory starts filled
 // with 0xff bytes (NaN in every float type), so reading it before writing it shows.
 //
-// The emulated device (device 0, compute capability 9.0), read from the environment at every
-// query so that a test can change it between calls:
+// The emulated device (device_model.cpp; device 0, compute capability 9.0), read from the
+// environment at every query so that a test can change it between calls:
 //   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 8)
 //   GRU_NATIVE_EMULATION_SMEM          opt-in dynamic shared memory per block, bytes (default
 //                                      232448, an H100's); 48 KiB without cudaFuncSetAttribute
@@ -162,7 +162,7 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault = 4,
 };
 
-// -- the runtime (runtime.cpp) -------------------------------------------------------------------
+// -- the runtime (launch.cpp, device_model.cpp; runtime_internal.h says which file does what) ----
 
 namespace gru_emu {
 
