@@ -1,4 +1,5 @@
-"""The GRU notebook gru_native started from (shared/seed/gru_notebook.txt), on gru_native.GRU.
+"""The GRU notebook gru_native started from, on gru_native.GRU. The notebook itself is kept
+outside this repository; this module carries its model, its batch and its assertions.
 
 Builds the notebook's vocabulary and padded, time-major batch, runs its four configurations
 (1/2 layers x uni/bidirectional) with the notebook's own assertions, compares each with
