@@ -30,14 +30,6 @@
 namespace gru_native::cpu {
 namespace {
 
-// h_{t-1} for the rows of step t in direction d: rows [0, n_from_out) continue from the
-// direction's previous step (rows of `out`), rows [n_from_out, N_t) start here from h0.
-template <typename scalar_t>
-struct PrevState {
-  const scalar_t* from_out = nullptr;  // row b at from_out + b * ld_out
-  int64_t n_from_out = 0;
-};
-
 // h0 of one direction: rows at h0 + b * ld; a zero row (ld 0) when the caller gave none.
 template <typename scalar_t>
 struct InitialState {
@@ -49,21 +41,17 @@ struct InitialState {
   const scalar_t* row(int64_t b) const { return rows + b * ld; }
 };
 
+// The rows of step t in direction d (step_rows: which continue, which start from h0, which
+// finish), and h_{t-1} of those that continue: row b at prev + b * ld_out, in the direction's
+// columns of the layer output (out_d).
 template <typename scalar_t>
-inline PrevState<scalar_t> prev_state(const StepSchedule& s, int d, int64_t t,
-                                      const scalar_t* out_d, int64_t ld_out) {
-  PrevState<scalar_t> ps;
-  if (d == 0) {
-    if (t > 0) {
-      ps.from_out = out_d + s.offsets[t - 1] * ld_out;
-      ps.n_from_out = s.batch_sizes[t];
-    }
-  } else if (t + 1 < s.T) {
-    ps.from_out = out_d + s.offsets[t + 1] * ld_out;
-    ps.n_from_out = std::min(s.batch_sizes[t], s.batch_sizes[t + 1]);
-  }
-  return ps;
-}
+struct StepState {
+  StepRows rows;
+  const scalar_t* prev;  // nullptr when no row continues
+  StepState(const StepSchedule& s, int d, int64_t t, const scalar_t* out_d, int64_t ld_out)
+      : rows(step_rows(s.batch_sizes, s.offsets, s.T, d, t)),
+        prev(rows.prev_offset < 0 ? nullptr : out_d + rows.prev_offset * ld_out) {}
+};
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
@@ -104,27 +92,24 @@ struct ForwardSlice {
     const int64_t H = p.H, wd = width(), G = kGates * wd, ld_out = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
     scalar_t* out_d = p.out + d * H;
-    const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
-                                                ld_out);
+    const StepState<scalar_t> st(s, d, t, out_d, ld_out);
+    const int64_t n_from_out = st.rows.n_from_out, finish_from = st.rows.finish_from;
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
-    product(prev.n_from_out, prev.from_out, ld_out, gh);
+    product(n_from_out, st.prev, ld_out, gh);
     if (h0.zero) {  // h0 W_hh^T = 0
-      std::fill(gh + prev.n_from_out * G, gh + rows * G, scalar_t(0));
+      std::fill(gh + n_from_out * G, gh + rows * G, scalar_t(0));
     } else {
-      product(rows - prev.n_from_out, h0.row(prev.n_from_out), H, gh + prev.n_from_out * G);
+      product(rows - n_from_out, h0.row(n_from_out), H, gh + n_from_out * G);
     }
-    // Rows whose last step (in this direction's order) this is also write h_n.
-    const int64_t finish_from =
-        d == 0 ? (t + 1 < s.T ? s.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
     const scalar_t* bi = p.b_ih[d] ? p.b_ih[d] + j0 : nullptr;
     const scalar_t* bh = p.b_hh[d] ? p.b_hh[d] + j0 : nullptr;
     for (int64_t b = 0; b < rows; ++b) {
       const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
       const scalar_t* gh_b = gh + b * G;
-      const scalar_t* hp_b = (b < prev.n_from_out ? prev.from_out + b * ld_out : h0.row(b)) + j0;
+      const scalar_t* hp_b = (b < n_from_out ? st.prev + b * ld_out : h0.row(b)) + j0;
       scalar_t* out_b = out_d + (off + b) * ld_out + j0;
       scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
-      scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;
+      scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;  // h_t is h_n
       for_each_lane<scalar_t>(wd, [&](const auto& lane, int64_t jj) {
         using V = typename std::decay_t<decltype(lane)>::V;
         auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
@@ -183,11 +168,11 @@ struct BackwardSlice {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, G = kGates * H, ld = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
-    const PrevState<scalar_t> prev = prev_state(s, d, t, p.out + d * H, ld);
+    const StepState<scalar_t> st(s, d, t, p.out + d * H, ld);
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
     for (int64_t b = 0; b < rows; ++b) {
       const int64_t row = off + b;
-      const scalar_t* hprev = (b < prev.n_from_out ? prev.from_out + b * ld : h0.row(b)) + j0;
+      const scalar_t* hprev = (b < st.rows.n_from_out ? st.prev + b * ld : h0.row(b)) + j0;
       const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
       const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
       scalar_t* dh_b = p.dh[d] + b * H + j0;
@@ -216,8 +201,8 @@ struct BackwardSlice {
   void gemm(int64_t t) {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H;
-    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H, p.dh[d] + j0, H,
-          true);
+    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H,
+          p.dh[d] + j0, H, true);
   }
 };
 
