@@ -234,16 +234,16 @@ Form forced_form() {
               env, "'");
 }
 
-// The rule, measured (benchmarks/NOTES.md, section 7, "Step-wise calls"): the forward's direct
-// dot products read W_hh once per 4 rows and step, where the packed microkernel reads its
-// copy once per step, so packing pays from about T * N = 100 on (and never at N = 1, where
-// both stream the weights once per step and the direct loop streams them faster).
+// The forward's direct dot products read W_hh once per 4 rows and step, where the packed
+// microkernel reads its copy once per step, so packing pays from about T * N = 100 row-steps on,
+// and never at N = 1, where both stream the weights once per step and the direct loop streams
+// them faster (the measurements behind these limits: benchmarks/NOTES.md, "Step-wise calls").
 constexpr int64_t kDirectForwardRowSteps = 96;
-// Below a vector's width of hidden units the dot products are mostly their horizontal sums, and
-// packing costs next to nothing (seed shapes, H=5: direct 3-7% slower).
+// Below a vector's width of hidden units the dot products are mostly their horizontal sums,
+// and packing costs next to nothing: the packed form is the faster there.
 constexpr int64_t kDirectForwardMinHidden = 16;
 // The backward's in-place view does the packed kernel's arithmetic on W_hh's rows; it loses
-// (by up to 15%) only for large batches over many steps, where the packed panels' locality wins.
+// only for large batches over many steps, where the packed panels' locality wins.
 constexpr int64_t kDirectBackwardMaxBatch = 16;
 
 bool forward_direct(const StepSchedule& s, int64_t H) {
