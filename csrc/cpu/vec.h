@@ -7,8 +7,8 @@
 // headers are first read: include this file before any ATen header.
 #pragma once
 
-// ATen's vec headers define VECTOR_WIDTH: if they were read already, they were read for another
-// instruction set than the one chosen below.
+// ATen's vec headers define VECTOR_WIDTH: if they were read already, they were read without the
+// instruction set chosen below (and a CPU_CAPABILITY from elsewhere would contradict it).
 #if defined(VECTOR_WIDTH) || defined(CPU_CAPABILITY)
 #error "cpu/vec.h must be included before any ATen header: it chooses at::vec's instruction set"
 #endif
