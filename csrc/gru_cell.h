@@ -30,13 +30,9 @@
 // CPU). `Act` supplies sigmoid and tanh for that type.
 #pragma once
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define GRU_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define GRU_HOST_DEVICE inline
-#endif
-
 #include <cmath>
+
+#include "gru_params.h"  // GRU_HOST_DEVICE
 
 namespace gru_native {
 

@@ -1,6 +1,15 @@
 // gru_params.h: the raw-pointer contract between the device-independent driver (gru_stack.cpp)
-// and the per-device recurrence kernels (cpu/, cuda/). No ATen here. Shape legend: gru_cell.h.
+// and the per-device recurrence kernels (cpu/, cuda/), and the per-step row rules every kernel
+// follows (step_rows). No ATen here; nvcc compiles it for device code too. Shape legend:
+// gru_cell.h.
 #pragma once
+
+// A function for the host and, under nvcc (or hipcc), for the device too.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define GRU_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define GRU_HOST_DEVICE inline
+#endif
 
 #include <cstdint>
 
@@ -22,6 +31,42 @@ struct StepSchedule {
   const int64_t* batch_sizes = nullptr;  // [T], non-increasing
   const int64_t* offsets = nullptr;      // [T], offsets[t] = sum_{t'<t} batch_sizes[t']
 };
+
+// Which rows of step t of direction d continue there, start there and finish there. Direction 0
+// runs t = 0..T-1 and direction 1 t = T-1..0, so a direction's previous step is t - 1 or t + 1.
+// As N_t is non-increasing, in direction 0 every row of step t was live at t - 1 and rows
+// [N_{t+1}, N_t) finish at t; in direction 1 rows [N_{t+1}, N_t) start at t and every row
+// finishes at t = 0.
+//   rows [0, n_from_out):    h_{t-1} of row b is row prev_offset + b of the layer output (the
+//                            direction's own columns), the previous step's h;
+//   rows [n_from_out, N_t):  h_{t-1} is the row's own h0 (packed semantics, SPEC 1.5);
+//   rows [finish_from, N_t): this is the row's last step in the direction's order: h_t is h_n.
+struct StepRows {
+  int64_t prev_offset;  // the previous step's first row in the layer output, -1 when none
+  int64_t n_from_out;
+  int64_t finish_from;
+};
+
+// batch_sizes and offsets as in StepSchedule (host or device memory, wherever this runs).
+GRU_HOST_DEVICE StepRows step_rows(const int64_t* batch_sizes, const int64_t* offsets, int64_t T,
+                                   int d, int64_t t) {
+  const int64_t rows = batch_sizes[t];
+  StepRows r{-1, 0, 0};
+  if (d == 0) {
+    if (t > 0) {
+      r.prev_offset = offsets[t - 1];
+      r.n_from_out = rows;
+    }
+    r.finish_from = t + 1 < T ? batch_sizes[t + 1] : 0;
+  } else {
+    if (t + 1 < T) {
+      r.prev_offset = offsets[t + 1];
+      r.n_from_out = rows < batch_sizes[t + 1] ? rows : batch_sizes[t + 1];
+    }
+    r.finish_from = t == 0 ? 0 : rows;
+  }
+  return r;
+}
 
 // One layer, all its directions, forward. Direction 0 runs t = 0..T-1, direction 1 (reverse)
 // runs t = T-1..0; every row starts from its own h0 row (packed semantics, SPEC 1.5).

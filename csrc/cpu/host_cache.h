@@ -3,13 +3,13 @@
 //
 // glibc hands allocations above its mmap threshold (at most 32 MB) back to the kernel when they
 // are freed, and heap memory above its trim threshold too, so every call of the ops would fault
-// in freshly zeroed pages: a quarter of the time at the large canonical shapes (measured with
-// getrusage; see benchmarks/NOTES.md). Freed blocks are kept here and handed out again instead.
+// in freshly zeroed pages, a large share of a call at large shapes (benchmarks/NOTES.md).
+// Freed blocks are kept here and handed out again instead.
 //
-// The tensors the ops return (outputs, h_n, gradients) come from here too: a training step at
-// T=1, N=8, H=1024 faulted in a fresh 12 MB weight gradient (3,000 page faults, a third of the
-// step) whenever the allocations around it had left glibc's heap trimmed. They are ordinary CPU
-// tensors: their storage is resizable and has this cache's allocator, so resize_,
+// The tensors the ops return (outputs, h_n, gradients) come from here too: a fresh weight
+// gradient is faulted in likewise whenever the allocations around it have left glibc's heap
+// trimmed, a large share of a training step at few steps and a small batch. They are ordinary
+// CPU tensors: their storage is resizable and has this cache's allocator, so resize_,
 // share_memory_ and the rest behave as on any CPU tensor; freeing one returns its block here.
 #pragma once
 

@@ -1,431 +1,34 @@
-// kernels.cpp: the CPU recurrence kernels.
+// kernels.cpp: the CPU recurrence, and the small vectorised loops the CPU backend calls besides
+// it (small_gemm, column_sum, multiply, activations).
 //
-// One parallel region per layer runs the whole sequence. Its threads are split over the
-// directions (each direction on its own threads) and then over hidden units: a thread owns a
-// slice [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once, and
-// per step computes the recurrent GEMM for its slice (packed_gemm.h) and the fused pointwise pass
-// for its slice (gate math from gru_cell.h on at::vec lanes, Sleef exp/tanh). The threads of a
-// direction meet at one barrier per step. Small problems run on one thread, with no region.
+// One parallel region per layer runs the whole sequence (threads.h). A thread owns a slice
+// [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once (or, for a
+// few steps, reads them in place), and per step computes the recurrent GEMM for its slice
+// (packed_gemm.h, dot_gemm.h) and the fused pointwise pass for its slice (gate math from
+// gru_cell.h on at::vec lanes: vec.h). The threads of a direction meet at one barrier per step.
+// Small problems run on one thread, with no region.
 
-// at::vec picks its implementation from CPU_CAPABILITY_*; match it to what the compiler targets
-// (-march=native by default, the x86-64 baseline with GRU_NATIVE_PORTABLE=1). Must come before
-// any ATen include.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
-    defined(__AVX512VL__)
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#define GRU_NATIVE_VEC_ISA "AVX512"
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#define GRU_NATIVE_VEC_ISA "AVX2"
-#else
-#define CPU_CAPABILITY DEFAULT
-#define GRU_NATIVE_VEC_ISA "DEFAULT"
-#endif
+// First: it chooses at::vec's instruction set, for every ATen header after it.
+#include "cpu/vec.h"
 
 #include "cpu/kernels.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "cpu/dot_gemm.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/threads.h"
 #include "gru_cell.h"
 
 namespace gru_native::cpu {
 namespace {
-
-template <typename scalar_t>
-using Vec = at::vec::Vectorized<scalar_t>;
-
-// One scalar with the part of at::vec::Vectorized's interface the kernels use, so that the same
-// code handles the tail of a row that is shorter than a vector (a partial Vectorized load or
-// store goes through memcpy, which costs more than the arithmetic at small sizes).
-template <typename T>
-struct ScalarLane {
-  T v;
-  ScalarLane() = default;
-  ScalarLane(T x) : v(x) {}  // NOLINT: implicit, like Vectorized's broadcast
-  static constexpr int64_t size() { return 1; }
-  static ScalarLane loadu(const T* p) { return ScalarLane(*p); }
-  void store(T* p) const { *p = v; }
-  ScalarLane neg() const { return ScalarLane(-v); }
-  ScalarLane exp() const { return ScalarLane(std::exp(v)); }
-  ScalarLane tanh() const { return ScalarLane(std::tanh(v)); }
-  ScalarLane reciprocal() const { return ScalarLane(T(1) / v); }
-  friend ScalarLane operator+(ScalarLane a, ScalarLane b) { return ScalarLane(a.v + b.v); }
-  friend ScalarLane operator-(ScalarLane a, ScalarLane b) { return ScalarLane(a.v - b.v); }
-  friend ScalarLane operator*(ScalarLane a, ScalarLane b) { return ScalarLane(a.v * b.v); }
-};
-
-// tanh for float lanes: 2.5x cheaper than Sleef's tanh (one exp and one division instead), with
-// an error of at most a few ulp (measured in tests/test_ops.py::test_cpu_activation_accuracy):
-//   |x| <  0.5: the odd Taylor series to x^15 (truncation error < 1e-8 relative there);
-//   |x| >= 0.5: 1 - 2 / (exp(2|x|) + 1), where there is no cancellation to speak of;
-// with the sign of x put back. NaN stays NaN, +-inf gives +-1, -0 gives -0.
-constexpr float kTanhSeries[8] = {1.0f,
-                                  -1.0f / 3.0f,
-                                  2.0f / 15.0f,
-                                  -17.0f / 315.0f,
-                                  62.0f / 2835.0f,
-                                  -1382.0f / 155925.0f,
-                                  21844.0f / 6081075.0f,
-                                  -929569.0f / 638512875.0f};
-constexpr float kTanhSeriesBound = 0.5f;
-
-inline Vec<float> fast_tanh(const Vec<float>& x) {
-  using V = Vec<float>;
-  const V ax = x.abs();
-  const V x2 = x * x;
-  V p(kTanhSeries[7]);
-  for (int i = 6; i >= 0; --i) p = at::vec::fmadd(p, x2, V(kTanhSeries[i]));
-  const V small = p * ax;
-  const V big = V(1.0f) - V(2.0f) / ((ax + ax).exp() + V(1.0f));
-  const V t = V::blendv(big, small, ax < V(kTanhSeriesBound));
-  return t | (x & V(-0.0f));
-}
-
-inline float fast_tanh(float x) {
-  const float ax = std::fabs(x);
-  float t;
-  if (ax < kTanhSeriesBound) {
-    const float x2 = x * x;
-    float p = kTanhSeries[7];
-    for (int i = 6; i >= 0; --i) p = std::fma(p, x2, kTanhSeries[i]);
-    t = p * ax;
-  } else {
-    t = 1.0f - 2.0f / (std::exp(ax + ax) + 1.0f);
-  }
-  return std::copysign(t, x);
-}
-
-// Activations on a lane type: sigmoid as ATen evaluates it, 1 / (1 + exp(-x)) (Sleef exp on
-// vectors, std::exp on scalars); tanh as above for float, Sleef / std::tanh for double.
-template <typename V>
-struct VecAct {
-  static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
-  static inline V tanh(const V& x) { return x.tanh(); }
-};
-template <>
-struct VecAct<Vec<float>> {
-  using V = Vec<float>;
-  static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
-  static inline V tanh(const V& x) { return fast_tanh(x); }
-};
-template <>
-struct VecAct<ScalarLane<float>> {
-  using V = ScalarLane<float>;
-  static inline V sigmoid(const V& x) { return V(1.0f / (1.0f + std::exp(-x.v))); }
-  static inline V tanh(const V& x) { return V(fast_tanh(x.v)); }
-};
-
-// Lanes: how a block of consecutive units is loaded and stored. V is the value type the math
-// runs on. FullLane: a whole vector. MaskedLane: the last n < V::size() units of a row, with
-// masked loads and stores (AVX2, AVX512), so a row's tail takes the same vector path (and the
-// same math) as the rest. OneLane: one unit, on ScalarLane (the portable build's tail).
-template <typename T>
-struct FullLane {
-  using V = Vec<T>;
-  V load(const T* p) const { return V::loadu(p); }
-  void store(T* p, const V& v) const { v.store(p); }
-};
-
-template <typename T>
-struct OneLane {
-  using V = ScalarLane<T>;
-  V load(const T* p) const { return V::loadu(p); }
-  void store(T* p, const V& v) const { v.store(p); }
-};
-
-#if defined(CPU_CAPABILITY_AVX2)
-constexpr bool kMaskedLanes = true;
-template <typename T>
-struct MaskedLane;
-template <>
-struct MaskedLane<float> {
-  using V = Vec<float>;
-  __m256i mask;
-  explicit MaskedLane(int64_t n)
-      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
-                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
-  V load(const float* p) const { return V(_mm256_maskload_ps(p, mask)); }
-  void store(float* p, const V& v) const { _mm256_maskstore_ps(p, mask, v); }
-};
-template <>
-struct MaskedLane<double> {
-  using V = Vec<double>;
-  __m256i mask;
-  explicit MaskedLane(int64_t n)
-      : mask(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3))) {}
-  V load(const double* p) const { return V(_mm256_maskload_pd(p, mask)); }
-  void store(double* p, const V& v) const { _mm256_maskstore_pd(p, mask, v); }
-};
-#elif defined(CPU_CAPABILITY_AVX512)
-constexpr bool kMaskedLanes = true;
-template <typename T>
-struct MaskedLane;
-template <>
-struct MaskedLane<float> {
-  using V = Vec<float>;
-  __mmask16 mask;
-  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask16>((1u << n) - 1)) {}
-  V load(const float* p) const { return V(_mm512_maskz_loadu_ps(mask, p)); }
-  void store(float* p, const V& v) const { _mm512_mask_storeu_ps(p, mask, v); }
-};
-template <>
-struct MaskedLane<double> {
-  using V = Vec<double>;
-  __mmask8 mask;
-  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask8>((1u << n) - 1)) {}
-  V load(const double* p) const { return V(_mm512_maskz_loadu_pd(mask, p)); }
-  void store(double* p, const V& v) const { _mm512_mask_storeu_pd(p, mask, v); }
-};
-#else
-constexpr bool kMaskedLanes = false;
-template <typename T>
-using MaskedLane = OneLane<T>;  // never used
-#endif
-
-// Calls f(lane, j) for consecutive blocks [j, j + lane width) covering [0, width).
-template <typename T, typename F>
-inline void for_each_lane(int64_t width, const F& f) {
-  constexpr int64_t kV = Vec<T>::size();
-  int64_t j = 0;
-  for (; j + kV <= width; j += kV) f(FullLane<T>(), j);
-  if (j == width) return;
-  if constexpr (kMaskedLanes) {
-    f(MaskedLane<T>(width - j), j);
-  } else {
-    for (; j < width; ++j) f(OneLane<T>(), j);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The forward's recurrent product straight from nn.GRU's layout, for a few steps or a small
-// batch: C[m, c] = dot(A row m, W row c), rows of W contiguous (W_hh, not W_hh^T), so nothing is
-// packed. Each dot runs on one vector accumulator over k in order (the last partial vector
-// masked), then a horizontal sum: its bits do not depend on the tile it runs in, on the thread
-// or on the other rows.
-
-template <typename T>
-inline Vec<T> load_first(const T* p, int64_t n) {  // p[0, n), zeros past n; n < Vec::size()
-  if constexpr (kMaskedLanes) {
-    return MaskedLane<T>(n).load(p);
-  } else {
-    return Vec<T>::loadu(p, n);
-  }
-}
-
-// out[i * ldo + j] = dot(a[i][0, K), w[j][0, K)) for i < RB, j < CB.
-template <typename T, int RB, int CB>
-inline void dot_tile(int64_t K, const T* const* a, const T* const* w, T* out, int64_t ldo) {
-  using V = Vec<T>;
-  constexpr int64_t kV = V::size();
-  V acc[RB][CB];
-#pragma GCC unroll 8
-  for (int i = 0; i < RB; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) acc[i][j] = V(T(0));
-  }
-  auto step = [&](const auto& load) {
-    V av[RB];
-#pragma GCC unroll 8
-    for (int i = 0; i < RB; ++i) av[i] = load(a[i]);
-#pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) {
-      const V wv = load(w[j]);
-#pragma GCC unroll 8
-      for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + kV <= K; k += kV) step([k](const T* p) { return V::loadu(p + k); });
-  if (k < K) step([k, n = K - k](const T* p) { return load_first(p + k, n); });
-#pragma GCC unroll 8
-  for (int i = 0; i < RB; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) {
-      out[i * ldo + j] = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[i][j]);
-    }
-  }
-}
-
-// C[m, c] = dot(A[m * lda, +K), row(c)) for m < M, c < Nc.
-template <typename T, typename Row>
-void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const Row& row, T* C,
-              int64_t ldc) {
-  constexpr int kCB = 4;
-  const T* a[8];
-  const T* rows[8];
-  auto run_rows = [&](auto rb_tag, int64_t m0) {
-    constexpr int RB = decltype(rb_tag)::value;
-    // With one row of A, twice the rows of W, with eight half: enough independent accumulators
-    // either way, within the registers.
-    constexpr int CB = RB == 1 ? 2 * kCB : (RB == 8 ? kCB / 2 : kCB);
-    for (int i = 0; i < RB; ++i) a[i] = A + (m0 + i) * lda;
-    T* cm = C + m0 * ldc;
-    int64_t c = 0;
-    for (; c + CB <= Nc; c += CB) {
-      for (int j = 0; j < CB; ++j) rows[j] = row(c + j);
-      dot_tile<T, RB, CB>(K, a, rows, cm + c, ldc);
-    }
-    for (; c < Nc; ++c) {
-      rows[0] = row(c);
-      dot_tile<T, RB, 1>(K, a, rows, cm + c, ldc);
-    }
-  };
-  int64_t m = 0;
-#if defined(CPU_CAPABILITY_AVX512)
-  // 32 vector registers: 8 rows of A at a time (16 accumulators), so that a batch of 8 reads
-  // the rows of W once (the same dots, the same bits, as in smaller tiles).
-  for (; m + 8 <= M; m += 8) run_rows(std::integral_constant<int, 8>(), m);
-#endif
-  for (; m + 4 <= M; m += 4) run_rows(std::integral_constant<int, 4>(), m);
-  if (m + 2 <= M) {
-    run_rows(std::integral_constant<int, 2>(), m);
-    m += 2;
-  }
-  if (m < M) run_rows(std::integral_constant<int, 1>(), m);
-}
-
-// The forward's product for a slice of width units: C[m, g * width + jj] = dot(A row m, row
-// g * H + jj of w), w = W_hh's first row of the slice (the rows of gate g start H rows on).
-template <typename T>
-void direct_product(int64_t M, const T* A, int64_t lda, const T* w, int64_t H, int64_t width,
-                    T* C, int64_t ldc) {
-  for (int g = 0; g < kGates; ++g) {
-    const T* wg = w + g * H * H;
-    dot_rows(M, A, lda, width, H, [&](int64_t c) { return wg + c * H; }, C + g * width, ldc);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Work split.
-
-// A barrier for the threads of one direction: spin briefly, then yield.
-class SpinBarrier {
- public:
-  void init(int n) {
-    n_ = n;
-    count_.store(0);
-    generation_.store(0);
-  }
-  void wait() {
-    if (n_ <= 1) return;
-    const int gen = generation_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_acq_rel);
-      return;
-    }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins > 4096) std::this_thread::yield();
-    }
-  }
-
- private:
-  int n_ = 1;
-  alignas(64) std::atomic<int> count_{0};
-  alignas(64) std::atomic<int> generation_{0};
-};
-
-// How a layer is spread over threads: `groups` thread groups (one per direction when the
-// directions run side by side, else one group running the directions in turn), each of
-// `per_group` threads owning a slice of the hidden units.
-struct ThreadPlan {
-  int groups = 1;
-  int per_group = 1;
-  int threads() const { return groups * per_group; }
-};
-
-// Below these amounts of work, more threads cost more (region start, barriers) than they save.
-constexpr int64_t kMinStepWorkPerThread = 24 * 1024;  // multiply-adds per step and thread
-constexpr int64_t kMinLayerWorkPerGroup = 96 * 1024;  // multiply-adds per direction and layer
-
-// row_k: per step, rows times the reduction length of the step's GEMMs (N * H for the
-// recurrence alone, N * (C + H) with the input projection).
-ThreadPlan plan_threads(int available, int D, int64_t T, int64_t row_k, int64_t H,
-                        int64_t slice_align) {
-  ThreadPlan plan;
-  const int64_t step_work = row_k * kGates * H;
-  if (available <= 1 || step_work * T < kMinLayerWorkPerGroup) return plan;
-  plan.groups = (D == 2 && available >= 2) ? 2 : 1;
-  const int64_t by_threads = available / plan.groups;
-  const int64_t by_width = std::max<int64_t>(1, H / slice_align);
-  const int64_t by_work = std::max<int64_t>(1, step_work / kMinStepWorkPerThread);
-  plan.per_group = static_cast<int>(std::min({by_threads, by_width, by_work}));
-  return plan;
-}
-
-// Slice q of Q over [0, H), boundaries on multiples of `align` units (whole cache lines).
-inline void slice_bounds(int64_t H, int q, int Q, int64_t align, int64_t& j0, int64_t& j1) {
-  const int64_t blocks = (H + align - 1) / align;
-  j0 = std::min(H, (blocks * q / Q) * align);
-  j1 = std::min(H, (blocks * (q + 1) / Q) * align);
-}
-
-// Runs body(group, index_in_group, barrier) on plan.threads() threads (inline when 1).
-template <typename Body>
-void run_plan(const ThreadPlan& plan, const Body& body) {
-  SpinBarrier barriers[2];
-  for (auto& b : barriers) b.init(plan.per_group);
-  if (plan.threads() == 1) {
-    body(0, 0, barriers[0]);
-    return;
-  }
-#ifdef _OPENMP
-  const int want = plan.threads();
-  std::atomic<bool> short_team{false};
-#pragma omp parallel num_threads(want)
-  {
-    // A nested or capped runtime may give fewer threads than asked: then the calling thread
-    // runs the whole plan alone, below.
-    if (omp_get_num_threads() == want) {
-      const int tid = omp_get_thread_num();
-      body(tid / plan.per_group, tid % plan.per_group, barriers[tid / plan.per_group]);
-    } else if (omp_get_thread_num() == 0) {
-      short_team.store(true);
-    }
-  }
-  if (!short_team.load()) return;
-#endif
-  // One thread: every slice of every group, in turn (q = -1).
-  SpinBarrier alone;
-  alone.init(1);
-  for (int g = 0; g < plan.groups; ++g) body(g, -1, alone);
-}
-
-// The directions a thread group runs: its own when directions run side by side, else all.
-inline void group_directions(int groups, int group, int D, int& d_begin, int& d_end) {
-  if (groups == D) {
-    d_begin = group;
-    d_end = group + 1;
-  } else {
-    d_begin = 0;
-    d_end = D;
-  }
-}
-
-// h_{t-1} for the rows of step t in direction d: rows [0, n_from_out) continue from the
-// direction's previous step (rows of `out`), rows [n_from_out, N_t) start here from h0.
-template <typename scalar_t>
-struct PrevState {
-  const scalar_t* from_out = nullptr;  // row b at from_out + b * ld_out
-  int64_t n_from_out = 0;
-};
 
 // h0 of one direction: rows at h0 + b * ld; a zero row (ld 0) when the caller gave none.
 template <typename scalar_t>
@@ -438,21 +41,17 @@ struct InitialState {
   const scalar_t* row(int64_t b) const { return rows + b * ld; }
 };
 
+// The rows of step t in direction d (step_rows: which continue, which start from h0, which
+// finish), and h_{t-1} of those that continue: row b at prev + b * ld_out, in the direction's
+// columns of the layer output (out_d).
 template <typename scalar_t>
-inline PrevState<scalar_t> prev_state(const StepSchedule& s, int d, int64_t t,
-                                      const scalar_t* out_d, int64_t ld_out) {
-  PrevState<scalar_t> ps;
-  if (d == 0) {
-    if (t > 0) {
-      ps.from_out = out_d + s.offsets[t - 1] * ld_out;
-      ps.n_from_out = s.batch_sizes[t];
-    }
-  } else if (t + 1 < s.T) {
-    ps.from_out = out_d + s.offsets[t + 1] * ld_out;
-    ps.n_from_out = std::min(s.batch_sizes[t], s.batch_sizes[t + 1]);
-  }
-  return ps;
-}
+struct StepState {
+  StepRows rows;
+  const scalar_t* prev;  // nullptr when no row continues
+  StepState(const StepSchedule& s, int d, int64_t t, const scalar_t* out_d, int64_t ld_out)
+      : rows(step_rows(s.batch_sizes, s.offsets, s.T, d, t)),
+        prev(rows.prev_offset < 0 ? nullptr : out_d + rows.prev_offset * ld_out) {}
+};
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
@@ -493,27 +92,24 @@ struct ForwardSlice {
     const int64_t H = p.H, wd = width(), G = kGates * wd, ld_out = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
     scalar_t* out_d = p.out + d * H;
-    const PrevState<scalar_t> prev = prev_state(s, d, t, static_cast<const scalar_t*>(out_d),
-                                                ld_out);
+    const StepState<scalar_t> st(s, d, t, out_d, ld_out);
+    const int64_t n_from_out = st.rows.n_from_out, finish_from = st.rows.finish_from;
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
-    product(prev.n_from_out, prev.from_out, ld_out, gh);
+    product(n_from_out, st.prev, ld_out, gh);
     if (h0.zero) {  // h0 W_hh^T = 0
-      std::fill(gh + prev.n_from_out * G, gh + rows * G, scalar_t(0));
+      std::fill(gh + n_from_out * G, gh + rows * G, scalar_t(0));
     } else {
-      product(rows - prev.n_from_out, h0.row(prev.n_from_out), H, gh + prev.n_from_out * G);
+      product(rows - n_from_out, h0.row(n_from_out), H, gh + n_from_out * G);
     }
-    // Rows whose last step (in this direction's order) this is also write h_n.
-    const int64_t finish_from =
-        d == 0 ? (t + 1 < s.T ? s.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
     const scalar_t* bi = p.b_ih[d] ? p.b_ih[d] + j0 : nullptr;
     const scalar_t* bh = p.b_hh[d] ? p.b_hh[d] + j0 : nullptr;
     for (int64_t b = 0; b < rows; ++b) {
       const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
       const scalar_t* gh_b = gh + b * G;
-      const scalar_t* hp_b = (b < prev.n_from_out ? prev.from_out + b * ld_out : h0.row(b)) + j0;
+      const scalar_t* hp_b = (b < n_from_out ? st.prev + b * ld_out : h0.row(b)) + j0;
       scalar_t* out_b = out_d + (off + b) * ld_out + j0;
       scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
-      scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;
+      scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;  // h_t is h_n
       for_each_lane<scalar_t>(wd, [&](const auto& lane, int64_t jj) {
         using V = typename std::decay_t<decltype(lane)>::V;
         auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
@@ -572,11 +168,11 @@ struct BackwardSlice {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, G = kGates * H, ld = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
-    const PrevState<scalar_t> prev = prev_state(s, d, t, p.out + d * H, ld);
+    const StepState<scalar_t> st(s, d, t, p.out + d * H, ld);
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
     for (int64_t b = 0; b < rows; ++b) {
       const int64_t row = off + b;
-      const scalar_t* hprev = (b < prev.n_from_out ? prev.from_out + b * ld : h0.row(b)) + j0;
+      const scalar_t* hprev = (b < st.rows.n_from_out ? st.prev + b * ld : h0.row(b)) + j0;
       const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
       const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
       scalar_t* dh_b = p.dh[d] + b * H + j0;
@@ -605,8 +201,8 @@ struct BackwardSlice {
   void gemm(int64_t t) {
     const StepSchedule& s = p.steps;
     const int64_t H = p.H;
-    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H, p.dh[d] + j0, H,
-          true);
+    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H,
+          p.dh[d] + j0, H, true);
   }
 };
 
@@ -638,16 +234,16 @@ Form forced_form() {
               env, "'");
 }
 
-// The rule, measured (benchmarks/NOTES.md, section 7, "Step-wise calls"): the forward's direct
-// dot products read W_hh once per 4 rows and step, where the packed microkernel reads its
-// copy once per step, so packing pays from about T * N = 100 on (and never at N = 1, where
-// both stream the weights once per step and the direct loop streams them faster).
+// The forward's direct dot products read W_hh once per 4 rows and step, where the packed
+// microkernel reads its copy once per step, so packing pays from about T * N = 100 row-steps on,
+// and never at N = 1, where both stream the weights once per step and the direct loop streams
+// them faster (the measurements behind these limits: benchmarks/NOTES.md, "Step-wise calls").
 constexpr int64_t kDirectForwardRowSteps = 96;
-// Below a vector's width of hidden units the dot products are mostly their horizontal sums, and
-// packing costs next to nothing (seed shapes, H=5: direct 3-7% slower).
+// Below a vector's width of hidden units the dot products are mostly their horizontal sums,
+// and packing costs next to nothing: the packed form is the faster there.
 constexpr int64_t kDirectForwardMinHidden = 16;
 // The backward's in-place view does the packed kernel's arithmetic on W_hh's rows; it loses
-// (by up to 15%) only for large batches over many steps, where the packed panels' locality wins.
+// only for large batches over many steps, where the packed panels' locality wins.
 constexpr int64_t kDirectBackwardMaxBatch = 16;
 
 bool forward_direct(const StepSchedule& s, int64_t H) {

@@ -31,8 +31,8 @@ void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst);
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out);
 
-// The kernels' sigmoid and tanh applied to x[0, n) (whole vectors, then a scalar tail), for the
-// accuracy tests.
+// The kernels' sigmoid and tanh applied to x[0, n) on the kernels' lanes (whole vectors, then
+// a masked or scalar tail: cpu/vec.h), for the accuracy tests.
 template <typename T>
 void activations(int64_t n, const T* x, T* sigmoid, T* tanh);
 

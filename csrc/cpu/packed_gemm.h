@@ -9,8 +9,8 @@
 //   view:   read in place from a row-major matrix (view), only the last partial panel copied:
 //           no per-call work that grows with the weights, for a few steps.
 // M (the batch at one step) is small, so the microkernel runs on up to kMR rows at a time with
-// every shorter tail specialised. Included by kernels.cpp only, after it has chosen at::vec's
-// instruction set.
+// every shorter tail specialised. Included by kernels.cpp only, after cpu/vec.h has chosen
+// at::vec's instruction set.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,9 +41,9 @@ struct PackedGemm {
   int64_t panels() const { return (Nc + kNR - 1) / kNR; }
 
   // Room for n elements of panels, kept for the next pack of this object. The block comes from
-  // the host cache (host_cache.h): a fresh 12 MB copy of W_hh (H=1024) faulted in 3,200 pages,
-  // 2.5 ms, at every call. kernels.cpp reserves before its threads start, so that the packs
-  // inside them allocate nothing.
+  // the host cache (host_cache.h), so that a large copy of W_hh is not faulted in afresh at every
+  // call. kernels.cpp reserves before its threads start, so that the packs inside them allocate
+  // nothing.
   void reserve(int64_t n) {
     if (n > capacity_) {
       storage_ = cached_empty({n}, c10::CppTypeToScalarType<T>::value);
@@ -240,7 +240,7 @@ struct PackedGemm {
       }
     };
     if constexpr (MR == kMR && NP == 1) {
-      // The main tile: unrolled by 4 (measured ~5% faster at M = 32..64; slower for 1 row).
+      // The main tile only is unrolled by 4: faster for full tiles of rows, slower for one row.
 #pragma GCC unroll 4
       for (int64_t k = 0; k < kc; ++k) step(k);
     } else {

@@ -260,15 +260,9 @@ struct CudaBackend {
         step.dout[d] = kptr(p.dout + off * ld + d * H);
         step.ws[d] = p.ws[d] + off * kWorkspaceGates * H;
         // h_{t-1}: rows [0, n_from_out) from the direction's previous step, others from h0.
-        step.prev_out[d] = nullptr;
-        step.n_from_out[d] = 0;
-        if (d == 0 && t > 0) {
-          step.prev_out[d] = kptr(p.out + s.offsets[t - 1] * ld);
-          step.n_from_out[d] = rows;
-        } else if (d == 1 && t + 1 < s.T) {
-          step.prev_out[d] = kptr(p.out + s.offsets[t + 1] * ld + H);
-          step.n_from_out[d] = std::min(rows, s.batch_sizes[t + 1]);
-        }
+        const StepRows sr = step_rows(s.batch_sizes, s.offsets, s.T, d, t);
+        step.prev_out[d] = sr.prev_offset < 0 ? nullptr : kptr(p.out + sr.prev_offset * ld + d * H);
+        step.n_from_out[d] = sr.n_from_out;
         step.h0[d] = kptr(p.h0[d]);
         step.dh[d] = kptr(p.dh[d]);
         step.dg[d] = kptr(p.dg[d] + off * kGradGates * H);

@@ -286,21 +286,13 @@ __host__ __device__ inline size_t persistent_smem(bool backward, int kt, int pas
          align16(static_cast<size_t>(kWarps) * passes * chunk * 3 * kPartialStride * sizeof(A));
 }
 
-// h_{t-1} of the rows of step t in direction d: rows [0, n_from_out) continue from the
-// direction's previous step (rows of the layer's output), the others start here from h0.
+// h_{t-1} of the rows [0, r.n_from_out) of a step (step_rows, gru_params.h), which continue
+// from the direction's previous step: row b at prev + b * p.ld, in the layer's output.
 template <typename T>
-__device__ __forceinline__ void prev_rows(const PersistentLayer<T>& p, int d, int64_t t,
-                                          int64_t rows, const T*& prev, int64_t& n_from_out) {
+__device__ __forceinline__ const T* prev_rows(const PersistentLayer<T>& p, int d,
+                                              const StepRows& r) {
   const T* out = p.out_in ? p.out_in : p.out;
-  n_from_out = 0;
-  prev = nullptr;
-  if (d == 0 && t > 0) {
-    prev = out + p.offsets[t - 1] * p.ld;
-    n_from_out = rows;
-  } else if (d == 1 && t + 1 < p.T_steps) {
-    prev = out + p.offsets[t + 1] * p.ld + p.H;
-    n_from_out = rows < p.batch_sizes[t + 1] ? rows : p.batch_sizes[t + 1];
-  }
+  return r.prev_offset < 0 ? nullptr : out + r.prev_offset * p.ld + d * p.H;
 }
 
 // p[0] + ... + p[31] in a fixed order, four chains deep (a shorter dependency chain than one).
@@ -373,12 +365,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   for (int64_t step = 0; step < p.T_steps; ++step) {
     const int64_t t = d ? p.T_steps - 1 - step : step;
     const int64_t rows = p.batch_sizes[t], off = p.offsets[t];
-    int64_t n_from_out = 0;
-    const T* prev = nullptr;
-    prev_rows(p, d, t, rows, prev, n_from_out);
-    // Rows whose last step (in this direction's order) this is also write h_n.
-    const int64_t finish_from =
-        d == 0 ? (t + 1 < p.T_steps ? p.batch_sizes[t + 1] : 0) : (t == 0 ? 0 : rows);
+    const StepRows sr = step_rows(p.batch_sizes, p.offsets, p.T_steps, d, t);
+    const int64_t n_from_out = sr.n_from_out, finish_from = sr.finish_from;
+    const T* prev = prev_rows(p, d, sr);
     for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
       const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
       for (int64_t e = threadIdx.x; e < static_cast<int64_t>(nb) * K32; e += blockDim.x) {
@@ -502,9 +491,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   for (int64_t step = 0; step < p.T_steps; ++step) {
     const int64_t t = d ? step : p.T_steps - 1 - step;
     const int64_t rows = p.batch_sizes[t], off = p.offsets[t];
-    int64_t n_from_out = 0;
-    const T* prev = nullptr;
-    prev_rows(p, d, t, rows, prev, n_from_out);
+    const StepRows sr = step_rows(p.batch_sizes, p.offsets, p.T_steps, d, t);
+    const int64_t n_from_out = sr.n_from_out;
+    const T* prev = prev_rows(p, d, sr);
     // The pointwise pass for this block's units (dh of these units is only touched here).
     for (int64_t e = tid; e < rows * th.units; e += blockDim.x) {
       const int64_t b = e / th.units, j = th.j0 + e % th.units, row = off + b;

@@ -1,0 +1,216 @@
+// vec.h: the CPU kernels' SIMD layer: at::vec's instruction set chosen to match the compiler's
+// target, the lane types a row of hidden units is processed in (whole vectors, a masked or scalar
+// tail), and the activations on them. Header-only, internal to kernels.cpp (an unnamed
+// namespace: include it from that file only).
+//
+// at::vec picks its implementation from CPU_CAPABILITY_*, which must be defined before its
+// headers are first read: include this file before any ATen header.
+#pragma once
+
+// ATen's vec headers define VECTOR_WIDTH: if they were read already, they were read without the
+// instruction set chosen below (and a CPU_CAPABILITY from elsewhere would contradict it).
+#if defined(VECTOR_WIDTH) || defined(CPU_CAPABILITY)
+#error "cpu/vec.h must be included before any ATen header: it chooses at::vec's instruction set"
+#endif
+
+// The instruction set the compiler targets (-march=native by default, the x86-64 baseline with
+// GRU_NATIVE_PORTABLE=1). GRU_NATIVE_VEC_ISA names it for vector_isa().
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__)
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#define GRU_NATIVE_VEC_ISA "AVX512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#define GRU_NATIVE_VEC_ISA "AVX2"
+#else
+#define CPU_CAPABILITY DEFAULT
+#define GRU_NATIVE_VEC_ISA "DEFAULT"
+#endif
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace gru_native::cpu {
+namespace {
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+// One scalar with the part of at::vec::Vectorized's interface the kernels use, so that the same
+// code handles the tail of a row that is shorter than a vector (a partial Vectorized load or
+// store goes through memcpy, which costs more than the arithmetic at small sizes).
+template <typename T>
+struct ScalarLane {
+  T v;
+  ScalarLane() = default;
+  ScalarLane(T x) : v(x) {}  // NOLINT: implicit, like Vectorized's broadcast
+  static constexpr int64_t size() { return 1; }
+  static ScalarLane loadu(const T* p) { return ScalarLane(*p); }
+  void store(T* p) const { *p = v; }
+  ScalarLane neg() const { return ScalarLane(-v); }
+  ScalarLane exp() const { return ScalarLane(std::exp(v)); }
+  ScalarLane tanh() const { return ScalarLane(std::tanh(v)); }
+  ScalarLane reciprocal() const { return ScalarLane(T(1) / v); }
+  friend ScalarLane operator+(ScalarLane a, ScalarLane b) { return ScalarLane(a.v + b.v); }
+  friend ScalarLane operator-(ScalarLane a, ScalarLane b) { return ScalarLane(a.v - b.v); }
+  friend ScalarLane operator*(ScalarLane a, ScalarLane b) { return ScalarLane(a.v * b.v); }
+};
+
+// tanh for float lanes, cheaper than Sleef's tanh (one exp and one division instead), with an
+// error of at most a few ulp (tests/test_ops.py::test_cpu_activation_accuracy checks it):
+//   |x| <  0.5: the odd Taylor series to x^15 (truncation error < 1e-8 relative there);
+//   |x| >= 0.5: 1 - 2 / (exp(2|x|) + 1), where there is no cancellation to speak of;
+// with the sign of x put back. NaN stays NaN, +-inf gives +-1, -0 gives -0.
+constexpr float kTanhSeries[8] = {1.0f,
+                                  -1.0f / 3.0f,
+                                  2.0f / 15.0f,
+                                  -17.0f / 315.0f,
+                                  62.0f / 2835.0f,
+                                  -1382.0f / 155925.0f,
+                                  21844.0f / 6081075.0f,
+                                  -929569.0f / 638512875.0f};
+constexpr float kTanhSeriesBound = 0.5f;
+
+inline Vec<float> fast_tanh(const Vec<float>& x) {
+  using V = Vec<float>;
+  const V ax = x.abs();
+  const V x2 = x * x;
+  V p(kTanhSeries[7]);
+  for (int i = 6; i >= 0; --i) p = at::vec::fmadd(p, x2, V(kTanhSeries[i]));
+  const V small = p * ax;
+  const V big = V(1.0f) - V(2.0f) / ((ax + ax).exp() + V(1.0f));
+  const V t = V::blendv(big, small, ax < V(kTanhSeriesBound));
+  return t | (x & V(-0.0f));
+}
+
+inline float fast_tanh(float x) {
+  const float ax = std::fabs(x);
+  float t;
+  if (ax < kTanhSeriesBound) {
+    const float x2 = x * x;
+    float p = kTanhSeries[7];
+    for (int i = 6; i >= 0; --i) p = std::fma(p, x2, kTanhSeries[i]);
+    t = p * ax;
+  } else {
+    t = 1.0f - 2.0f / (std::exp(ax + ax) + 1.0f);
+  }
+  return std::copysign(t, x);
+}
+
+// Activations on a lane type: sigmoid as ATen evaluates it, 1 / (1 + exp(-x)) (Sleef exp on
+// vectors, std::exp on scalars); tanh as above for float, Sleef / std::tanh for double.
+template <typename V>
+struct VecAct {
+  static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
+  static inline V tanh(const V& x) { return x.tanh(); }
+};
+template <>
+struct VecAct<Vec<float>> {
+  using V = Vec<float>;
+  static inline V sigmoid(const V& x) { return (V(1) + x.neg().exp()).reciprocal(); }
+  static inline V tanh(const V& x) { return fast_tanh(x); }
+};
+template <>
+struct VecAct<ScalarLane<float>> {
+  using V = ScalarLane<float>;
+  static inline V sigmoid(const V& x) { return V(1.0f / (1.0f + std::exp(-x.v))); }
+  static inline V tanh(const V& x) { return V(fast_tanh(x.v)); }
+};
+
+// Lanes: how a block of consecutive units is loaded and stored. V is the value type the math
+// runs on. FullLane: a whole vector. MaskedLane: the last n < V::size() units of a row, with
+// masked loads and stores (AVX2, AVX512), so a row's tail takes the same vector path (and the
+// same math) as the rest. OneLane: one unit, on ScalarLane (the portable build's tail).
+template <typename T>
+struct FullLane {
+  using V = Vec<T>;
+  V load(const T* p) const { return V::loadu(p); }
+  void store(T* p, const V& v) const { v.store(p); }
+};
+
+template <typename T>
+struct OneLane {
+  using V = ScalarLane<T>;
+  V load(const T* p) const { return V::loadu(p); }
+  void store(T* p, const V& v) const { v.store(p); }
+};
+
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr bool kMaskedLanes = true;
+template <typename T>
+struct MaskedLane;
+template <>
+struct MaskedLane<float> {
+  using V = Vec<float>;
+  __m256i mask;
+  explicit MaskedLane(int64_t n)
+      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  V load(const float* p) const { return V(_mm256_maskload_ps(p, mask)); }
+  void store(float* p, const V& v) const { _mm256_maskstore_ps(p, mask, v); }
+};
+template <>
+struct MaskedLane<double> {
+  using V = Vec<double>;
+  __m256i mask;
+  explicit MaskedLane(int64_t n)
+      : mask(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3))) {}
+  V load(const double* p) const { return V(_mm256_maskload_pd(p, mask)); }
+  void store(double* p, const V& v) const { _mm256_maskstore_pd(p, mask, v); }
+};
+#elif defined(CPU_CAPABILITY_AVX512)
+constexpr bool kMaskedLanes = true;
+template <typename T>
+struct MaskedLane;
+template <>
+struct MaskedLane<float> {
+  using V = Vec<float>;
+  __mmask16 mask;
+  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask16>((1u << n) - 1)) {}
+  V load(const float* p) const { return V(_mm512_maskz_loadu_ps(mask, p)); }
+  void store(float* p, const V& v) const { _mm512_mask_storeu_ps(p, mask, v); }
+};
+template <>
+struct MaskedLane<double> {
+  using V = Vec<double>;
+  __mmask8 mask;
+  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask8>((1u << n) - 1)) {}
+  V load(const double* p) const { return V(_mm512_maskz_loadu_pd(mask, p)); }
+  void store(double* p, const V& v) const { _mm512_mask_storeu_pd(p, mask, v); }
+};
+#else
+constexpr bool kMaskedLanes = false;
+template <typename T>
+using MaskedLane = OneLane<T>;  // never used
+#endif
+
+// Calls f(lane, j) for consecutive blocks [j, j + lane width) covering [0, width).
+template <typename T, typename F>
+inline void for_each_lane(int64_t width, const F& f) {
+  constexpr int64_t kV = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + kV <= width; j += kV) f(FullLane<T>(), j);
+  if (j == width) return;
+  if constexpr (kMaskedLanes) {
+    f(MaskedLane<T>(width - j), j);
+  } else {
+    for (; j < width; ++j) f(OneLane<T>(), j);
+  }
+}
+
+// p[0, n) in a vector, zeros past n; n < Vec::size().
+template <typename T>
+inline Vec<T> load_first(const T* p, int64_t n) {
+  if constexpr (kMaskedLanes) {
+    return MaskedLane<T>(n).load(p);
+  } else {
+    return Vec<T>::loadu(p, n);
+  }
+}
+
+}  // namespace
+}  // namespace gru_native::cpu
