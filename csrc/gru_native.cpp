@@ -44,6 +44,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backends", &gn::backends, "The registered backends: (device, name, dtypes, workspace)");
   m.def("_cpu_activations", &gn::cpu_activations,
         "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
+  m.def("_cpu_last_thread_plans", &gn::cpu_last_thread_plans,
+        "The CPU kernels' thread plan of the calling thread's last layer, for tests");
   m.def("_empty_cache", &gn::cpu::release_cached_blocks,
         "Frees the cached host blocks no tensor uses; returns the bytes released");
   m.def("_cached_bytes", &gn::cpu::cached_bytes, "Bytes held by free cached blocks");

@@ -1,4 +1,5 @@
-// introspect.cpp: build facts, the registered backends, the CPU activations (introspect.h).
+// introspect.cpp: build facts, the registered backends, the CPU activations and thread plans
+// (introspect.h).
 #include "introspect.h"
 
 #include <ATen/Dispatch.h>
@@ -91,6 +92,14 @@ std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x) {
                                tanh.data_ptr<scalar_t>());
   });
   return {sig, tanh};
+}
+
+pybind11::dict cpu_last_thread_plans() {
+  const cpu::ThreadPlanRecord r = cpu::last_thread_plans();
+  pybind11::dict out;
+  out["forward"] = pybind11::make_tuple(r.forward_groups, r.forward_per_group);
+  out["backward"] = pybind11::make_tuple(r.backward_groups, r.backward_per_group);
+  return out;
 }
 
 }  // namespace gru_native

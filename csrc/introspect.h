@@ -1,5 +1,5 @@
 // introspect.h: what the Python side and the tests read about this build: how it was built, the
-// backends it has, and the CPU kernels' activation functions.
+// backends it has, the CPU kernels' activation functions and their last thread plan.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,5 +19,9 @@ pybind11::list backends();
 
 // The CPU kernels' (sigmoid(x), tanh(x)) of a 1-D CPU tensor, for the accuracy tests.
 std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x);
+
+// The CPU kernels' thread plan of the last layer the calling thread ran: {"forward": (groups,
+// threads per group), "backward": (...)}, (0, 0) before any.
+pybind11::dict cpu_last_thread_plans();
 
 }  // namespace gru_native

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import gru_native
 
-from _util import assert_close, assert_same_error, make_pair
+from _util import assert_close, assert_same_error, cpu_kernels_build, make_pair, with_threads
 
 C, H = 4, 3
 
@@ -240,24 +240,28 @@ def test_eight_threads_give_the_serial_results_bitwise(mode):
                     assert torch.equal(a, b)
 
 
-def test_bitwise_identical_across_thread_counts():
-    # The kernels' results do not depend on how many threads share a layer (each output
-    # element is computed by one thread, in a fixed order). The large GEMMs run in torch's BLAS;
-    # on this project's machines MKL's results did not depend on the thread count either.
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' thread split")
+@pytest.mark.parametrize("bidirectional, threads, per_group", [(False, 2, 2)], ids=["uni-2"])
+def test_bitwise_identical_across_thread_counts(bidirectional, threads, per_group):
+    # The CPU kernels' results do not depend on how many threads share a layer: each element is
+    # computed by one thread, in a fixed order. The plan gives two directions to two thread
+    # groups first, so the hidden units of a direction are split over threads only where a
+    # group has more than one (asserted: the split this test is named for happens).
     torch.manual_seed(0)
-    m = gru_native.GRU(40, 96, 2, bidirectional=True)
+    m = gru_native.GRU(40, 96, 2, bidirectional=bidirectional)
     x = torch.randn(20, 16, 40, requires_grad=True)
-    old = torch.get_num_threads()
-    runs = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out, h = m(x)
-            grads = torch.autograd.grad(out.sum() + h.pow(2).sum(), [x] + list(m.parameters()))
-            runs.append([out, h, *grads])
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*runs):
+
+    def run():
+        out, h = m(x)
+        grads = torch.autograd.grad(out.sum() + h.pow(2).sum(), [x] + list(m.parameters()))
+        return [out, h, *grads]
+
+    serial, plan1 = with_threads(1, run)
+    split, plan = with_threads(threads, run)
+    assert plan1 == {"forward": (1, 1), "backward": (1, 1)}
+    groups = 2 if bidirectional else 1
+    assert plan == {"forward": (groups, per_group), "backward": (groups, per_group)}
+    for a, b in zip(serial, split):
         assert torch.equal(a, b)
 
 

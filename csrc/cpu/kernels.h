@@ -36,6 +36,15 @@ void multiply(int64_t n, const T* a, const T* b, T* out);
 template <typename T>
 void activations(int64_t n, const T* x, T* sigmoid, T* tanh);
 
+// How the last layer the calling thread ran was spread over threads (threads.h: direction
+// groups, and threads per group, each owning a slice of the hidden units), forward and backward;
+// 0 before any. For the tests that check that a split they rely on happened.
+struct ThreadPlanRecord {
+  int forward_groups = 0, forward_per_group = 0;
+  int backward_groups = 0, backward_per_group = 0;
+};
+ThreadPlanRecord last_thread_plans();
+
 // The SIMD instruction set the kernels were compiled for ("AVX2", "AVX512", "DEFAULT").
 const char* vector_isa();
 
