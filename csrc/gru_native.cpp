@@ -46,6 +46,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
   m.def("_cpu_last_thread_plans", &gn::cpu_last_thread_plans,
         "The CPU kernels' thread plan of the calling thread's last layer, for tests");
+  m.def("_cpu_gemm", &gn::cpu_gemm, no_gil, pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("c"), pybind11::arg("accumulate") = false,
+        pybind11::arg("bias") = std::nullopt,
+        "c = a b (+ c) (+ bias) through the CPU backend's GEMM, for tests and benchmarks");
   m.def("_empty_cache", &gn::cpu::release_cached_blocks,
         "Frees the cached host blocks no tensor uses; returns the bytes released");
   m.def("_cached_bytes", &gn::cpu::cached_bytes, "Bytes held by free cached blocks");

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
@@ -94,11 +95,33 @@ std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x) {
   return {sig, tanh};
 }
 
+void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
+              const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.device().is_cpu() && a.dim() == 2 && b.dim() == 2 && c.dim() == 2 &&
+                  a.size(1) == b.size(0) && c.size(0) == a.size(0) && c.size(1) == b.size(1) &&
+                  (c.size(1) <= 1 || c.stride(1) == 1) && a.scalar_type() == b.scalar_type() &&
+                  c.scalar_type() == a.scalar_type(),
+              "cpu_gemm: C [M, N] (rows of unit stride) = A [M, K] B [K, N], one dtype, CPU");
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == c.size(1) &&
+                                    bias->is_contiguous() &&
+                                    bias->scalar_type() == a.scalar_type()),
+              "cpu_gemm: bias [N], contiguous");
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "cpu_gemm", [&] {
+    cpu::gemm<scalar_t>(a.size(0), b.size(1), a.size(1),
+                        MatRef<scalar_t>{a.data_ptr<scalar_t>(), a.stride(0), a.stride(1)},
+                        MatRef<scalar_t>{b.data_ptr<scalar_t>(), b.stride(0), b.stride(1)},
+                        accumulate ? scalar_t(1) : scalar_t(0), c.data_ptr<scalar_t>(),
+                        c.stride(0), bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr);
+  });
+}
+
 pybind11::dict cpu_last_thread_plans() {
   const cpu::ThreadPlanRecord r = cpu::last_thread_plans();
   pybind11::dict out;
   out["forward"] = pybind11::make_tuple(r.forward_groups, r.forward_per_group);
   out["backward"] = pybind11::make_tuple(r.backward_groups, r.backward_per_group);
+  const auto [tm, tn] = cpu::last_gemm_grid();
+  out["gemm"] = pybind11::make_tuple(tm, tn);
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <tuple>
 
 namespace gru_native {
@@ -20,8 +21,14 @@ pybind11::list backends();
 // The CPU kernels' (sigmoid(x), tanh(x)) of a 1-D CPU tensor, for the accuracy tests.
 std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x);
 
+// c = a b (+ c if accumulate) (+ bias) through the CPU backend's GEMM (cpu/gemm.h), for tests and
+// the benchmarks' GEMM rates.
+void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
+              const std::optional<at::Tensor>& bias);
+
 // The CPU kernels' thread plan of the last layer the calling thread ran: {"forward": (groups,
-// threads per group), "backward": (...)}, (0, 0) before any.
+// threads per group), "backward": (...)}, (0, 0) before any; and "gemm": how its last GEMM cut C
+// over threads, (row parts, column parts).
 pybind11::dict cpu_last_thread_plans();
 
 }  // namespace gru_native

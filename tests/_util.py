@@ -114,9 +114,9 @@ def cpu_kernels_build():
 
 
 def with_threads(threads, fn):
-    """fn() with torch's intra-op thread count set to `threads`, and the CPU kernels' thread plan
-    of the last layer it ran ({"forward": (groups, per_group), "backward": ...}); the count is
-    restored after."""
+    """fn() with torch's intra-op thread count set to `threads`, and the CPU kernels' thread plans
+    of the last layer and GEMM it ran ({"forward": (groups, per_group), "backward": ...,
+    "gemm": (row parts, column parts)}); the count is restored after."""
     from gru_native import _C
 
     old = torch.get_num_threads()

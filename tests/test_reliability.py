@@ -241,7 +241,9 @@ def test_eight_threads_give_the_serial_results_bitwise(mode):
 
 
 @pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' thread split")
-@pytest.mark.parametrize("bidirectional, threads, per_group", [(False, 2, 2)], ids=["uni-2"])
+@pytest.mark.parametrize("bidirectional, threads, per_group", [(False, 2, 2), (False, 3, 3),
+                                                                (True, 4, 2)],
+                         ids=["uni-2", "uni-3", "bi-4"])
 def test_bitwise_identical_across_thread_counts(bidirectional, threads, per_group):
     # The CPU kernels' results do not depend on how many threads share a layer: each element is
     # computed by one thread, in a fixed order. The plan gives two directions to two thread
@@ -258,9 +260,9 @@ def test_bitwise_identical_across_thread_counts(bidirectional, threads, per_grou
 
     serial, plan1 = with_threads(1, run)
     split, plan = with_threads(threads, run)
-    assert plan1 == {"forward": (1, 1), "backward": (1, 1)}
+    assert (plan1["forward"], plan1["backward"]) == ((1, 1), (1, 1))
     groups = 2 if bidirectional else 1
-    assert plan == {"forward": (groups, per_group), "backward": (groups, per_group)}
+    assert plan["forward"] == plan["backward"] == (groups, per_group)
     for a, b in zip(serial, split):
         assert torch.equal(a, b)
 

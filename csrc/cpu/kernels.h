@@ -18,7 +18,7 @@ template <typename T>
 void backward_layer(const LayerBackwardParams<T>& p);
 
 // C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1, for small products, in plain
-// vectorised loops with no call overhead (larger ones go to BLAS: blas.h).
+// vectorised loops with no call overhead (larger ones go to gemm.h).
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias);
