@@ -50,6 +50,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("c"), pybind11::arg("accumulate") = false,
         pybind11::arg("bias") = std::nullopt,
         "c = a b (+ c) (+ bias) through the CPU backend's GEMM, for tests and benchmarks");
+  m.def("_set_phase_timing", &gn::set_phase_timing,
+        "Per-phase timing of the ops on or off (csrc/phases.h); the totals restart");
+  m.def("_phase_totals", &gn::phase_totals,
+        "{phase: (calls, seconds, multiply-adds)} since the timing was last switched");
   m.def("_empty_cache", &gn::cpu::release_cached_blocks,
         "Frees the cached host blocks no tensor uses; returns the bytes released");
   m.def("_cached_bytes", &gn::cpu::cached_bytes, "Bytes held by free cached blocks");

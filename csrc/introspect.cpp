@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "phases.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
 #define GRU_NATIVE_STR_(x) #x
@@ -113,6 +114,22 @@ void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accu
                         accumulate ? scalar_t(1) : scalar_t(0), c.data_ptr<scalar_t>(),
                         c.stride(0), bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr);
   });
+}
+
+void set_phase_timing(bool on) {
+  phases::reset();
+  phases::set_enabled(on);
+}
+
+pybind11::dict phase_totals() {
+  pybind11::dict out;
+  for (int i = 0; i < phases::kCount; ++i) {
+    const auto p = static_cast<phases::Phase>(i);
+    const phases::Total t = phases::total(p);
+    if (t.calls == 0) continue;
+    out[pybind11::str(phases::name(p))] = pybind11::make_tuple(t.calls, t.seconds, t.multiply_adds);
+  }
+  return out;
 }
 
 pybind11::dict cpu_last_thread_plans() {

@@ -1,5 +1,6 @@
 // introspect.h: what the Python side and the tests read about this build: how it was built, the
-// backends it has, the CPU kernels' activation functions and their last thread plan.
+// backends it has, the CPU kernels' activation functions, GEMM and last thread plans, and the
+// per-phase times of the ops.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +26,12 @@ std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x);
 // the benchmarks' GEMM rates.
 void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
               const std::optional<at::Tensor>& bias);
+
+// Phase timing (phases.h) on or off; either way the totals start again from zero.
+void set_phase_timing(bool on);
+// {phase name: (calls, seconds, multiply-adds)} since timing was last turned on or off, for the
+// phases that ran.
+pybind11::dict phase_totals();
 
 // The CPU kernels' thread plan of the last layer the calling thread ran: {"forward": (groups,
 // threads per group), "backward": (...)}, (0, 0) before any; and "gemm": how its last GEMM cut C
