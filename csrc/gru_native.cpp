@@ -10,6 +10,7 @@
 
 #include "autograd.h"
 #include "cpu/host_cache.h"
+#include "cpu/quantized.h"
 #include "introspect.h"
 
 TORCH_LIBRARY(gru_native, m) {
@@ -26,6 +27,12 @@ TORCH_LIBRARY(gru_native, m) {
       "Tensor workspace, Tensor layer_outputs, bool has_biases, int num_layers, "
       "bool bidirectional, bool need_input_grad, bool need_weight_grad, bool need_hx_grad=True) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+  // The quantized stack (inference only; int8 or bfloat16 weights, float32 activations): the
+  // forward of gru_native.QuantizedGRU. CPU only. See csrc/cpu/quantized.h.
+  m.def(
+      "quantized_gru(Tensor input, Tensor? hx, Tensor[] weights, Tensor[] scales, "
+      "Tensor? batch_sizes, bool has_biases, int num_layers, bool bidirectional) -> "
+      "(Tensor output, Tensor hy)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -37,6 +44,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The direct entry of the fused forward (autograd.h); None: weights it does not take");
   m.def("gru_cell", &gn::gru_cell_direct, no_gil,
         "The direct entry of one GRUCell step (autograd.h); None: arguments it does not take");
+  m.def(
+      "quantized_gru",
+      [](const at::Tensor& input, const std::optional<at::Tensor>& hx,
+         const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& scales,
+         const std::optional<at::Tensor>& batch_sizes, bool has_biases, int64_t num_layers,
+         bool bidirectional) {
+        return gn::cpu::quantized_gru(input, hx, weights, scales, batch_sizes, has_biases,
+                                      num_layers, bidirectional);
+      },
+      no_gil, "The direct entry of the quantized GRU op (cpu/quantized.h), for plain eager calls");
   m.def("_set_differentiable_backward", &gn::set_differentiable_backward,
         "Registers the Python backward used under create_graph=True");
   m.def("saved_fields", &gn::saved_fields, "The autograd node's saved layout, by name");

@@ -71,15 +71,18 @@ GRU_HOST_DEVICE StepRows step_rows(const int64_t* batch_sizes, const int64_t* of
 
 // One layer, all its directions, forward. Direction 0 runs t = 0..T-1, direction 1 (reverse)
 // runs t = T-1..0; every row starts from its own h0 row (nn.GRU's packed semantics).
-// ws_t is the workspace's element type: scalar_t, or float for the half types on the GPU.
-template <typename scalar_t, typename ws_t = scalar_t>
+// ws_t is the workspace's element type: scalar_t, or float for the half types. w_t is W_hh's
+// element type: scalar_t, or for the CPU's inference-only quantized layers bfloat16 or int8_t
+// (then W_hh[g, k] = w_hh[g, k] * w_hh_scale[g]).
+template <typename scalar_t, typename ws_t = scalar_t, typename w_t = scalar_t>
 struct LayerForwardParams {
   StepSchedule steps;
   int64_t H = 0;
   int D = 1;
   const scalar_t* gi[2] = {nullptr, nullptr};    // [R, 3H]  x W_ih^T (no bias)
   const scalar_t* b_ih[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
-  const scalar_t* w_hh[2] = {nullptr, nullptr};  // [3H, H]
+  const w_t* w_hh[2] = {nullptr, nullptr};       // [3H, H]
+  const float* w_hh_scale[2] = {nullptr, nullptr};  // [3H] for int8_t weights, else unused
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
   scalar_t* hy[2] = {nullptr, nullptr};          // [N, H]  out: h_n (not aliasing h0)

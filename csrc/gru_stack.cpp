@@ -9,16 +9,15 @@
 #include <vector>
 
 namespace gru_native {
-namespace {
 
-const char* const kParamKinds[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-
-// nn.GRU's name for _flat_weights[index], e.g. "bias_hh_l1_reverse".
 std::string param_name(int64_t index, int64_t per_dir, int64_t D) {
+  static const char* const kParamKinds[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
   const int64_t layer_dir = index / per_dir;
   return std::string(kParamKinds[index % per_dir]) + "_l" + std::to_string(layer_dir / D) +
          (layer_dir % D ? "_reverse" : "");
 }
+
+namespace {
 
 void check_same(const at::Tensor& input, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == input.device(), "gru_native: ", name, " is on ", t.device(),
@@ -98,43 +97,8 @@ bool weights_fit(const at::Tensor& input, at::TensorList weights, bool has_biase
   return true;
 }
 
-Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
-                       const std::optional<at::Tensor>& hx, at::TensorList weights,
-                       const std::optional<at::Tensor>& batch_sizes,
-                       const std::optional<at::Tensor>& dropout_mask, bool has_biases,
-                       int64_t num_layers, bool bidirectional) {
-  // First the checks nn.GRU makes past its Python layer, in its order, with its messages:
-  // ATen's check_attributes, the empty-sequence check, the first recurrent GEMM's dtype check.
-  for (const char* name : {"hidden", "parameter"}) {
-    const bool hidden = name[0] == 'h';
-    if (hidden && !hx.has_value()) continue;
-    for (const at::Tensor& t : hidden ? at::TensorList(*hx) : weights) {
-      TORCH_CHECK(!t.defined() || t.device() == input.device(), "Input and ", name,
-                  " tensors are not at the same device, found input tensor at ", input.device(),
-                  " and ", name, " tensor at ", t.device());
-    }
-  }
-  if (!batch_sizes.has_value() && input.dim() == 3) {
-    TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
-  }
-  if (hx.has_value() && weights.size() >= 2 && weights[1].defined() &&
-      hx->scalar_type() != weights[1].scalar_type()) {
-    hidden_dtype_error(input, *hx, weights[1], has_biases);
-  }
-
-  Geometry g;
-  TORCH_CHECK(backend.dtype_supported, "gru_native: the ", backend.name,
-              " kernels do not support dtype torch.",
-              std::string(c10::getDtypeNames(input.scalar_type()).first),
-              " (supported: ", backend.dtypes, ")");
-  TORCH_CHECK(num_layers >= 1, "gru_native: num_layers must be at least 1, got ", num_layers);
-  g.L = num_layers;
-  g.D = bidirectional ? 2 : 1;
-  g.P = has_biases ? 4 : 2;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == g.L * g.D * g.P,
-              "gru_native: got an incorrect number of RNN parameters: expected ", g.L * g.D * g.P,
-              " for num_layers=", g.L, ", bidirectional=", bidirectional,
-              ", bias=", has_biases, ", got ", weights.size());
+void make_schedule(Geometry& g, const at::Tensor& input,
+                   const std::optional<at::Tensor>& batch_sizes) {
   g.packed = batch_sizes.has_value();
   TORCH_CHECK(input.dim() == (g.packed ? 2 : 3), "gru_native: input must have ",
               g.packed ? 2 : 3, " dimensions (", g.packed ? "[R, C] packed data" : "[T, N, C]",
@@ -175,6 +139,46 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
   g.steps.R = rows;
   g.steps.batch_sizes = g.batch_sizes.data();
   g.steps.offsets = g.offsets.data();
+}
+
+Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
+                       const std::optional<at::Tensor>& hx, at::TensorList weights,
+                       const std::optional<at::Tensor>& batch_sizes,
+                       const std::optional<at::Tensor>& dropout_mask, bool has_biases,
+                       int64_t num_layers, bool bidirectional) {
+  // First the checks nn.GRU makes past its Python layer, in its order, with its messages:
+  // ATen's check_attributes, the empty-sequence check, the first recurrent GEMM's dtype check.
+  for (const char* name : {"hidden", "parameter"}) {
+    const bool hidden = name[0] == 'h';
+    if (hidden && !hx.has_value()) continue;
+    for (const at::Tensor& t : hidden ? at::TensorList(*hx) : weights) {
+      TORCH_CHECK(!t.defined() || t.device() == input.device(), "Input and ", name,
+                  " tensors are not at the same device, found input tensor at ", input.device(),
+                  " and ", name, " tensor at ", t.device());
+    }
+  }
+  if (!batch_sizes.has_value() && input.dim() == 3) {
+    TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  }
+  if (hx.has_value() && weights.size() >= 2 && weights[1].defined() &&
+      hx->scalar_type() != weights[1].scalar_type()) {
+    hidden_dtype_error(input, *hx, weights[1], has_biases);
+  }
+
+  Geometry g;
+  TORCH_CHECK(backend.dtype_supported, "gru_native: the ", backend.name,
+              " kernels do not support dtype torch.",
+              std::string(c10::getDtypeNames(input.scalar_type()).first),
+              " (supported: ", backend.dtypes, ")");
+  TORCH_CHECK(num_layers >= 1, "gru_native: num_layers must be at least 1, got ", num_layers);
+  g.L = num_layers;
+  g.D = bidirectional ? 2 : 1;
+  g.P = has_biases ? 4 : 2;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == g.L * g.D * g.P,
+              "gru_native: got an incorrect number of RNN parameters: expected ", g.L * g.D * g.P,
+              " for num_layers=", g.L, ", bidirectional=", bidirectional,
+              ", bias=", has_biases, ", got ", weights.size());
+  make_schedule(g, input, batch_sizes);
 
   // Weights: nn.GRU's shapes, one dtype and device.
   const std::string hidden = hidden_misfit(weights[1]);

@@ -66,6 +66,16 @@ Geometry make_geometry(const BackendInfo& backend, const at::Tensor& input,
                        const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                        int64_t num_layers, bool bidirectional);
 
+// nn.GRU's name for _flat_weights[index] (per_dir: 4 with biases, else 2), e.g.
+// "bias_hh_l1_reverse".
+std::string param_name(int64_t index, int64_t per_dir, int64_t D);
+
+// The input's layout and step schedule into g (packed, C, batch_sizes, offsets, steps), checked:
+// dense [T, N, C], or packed [R, C] with batch_sizes [T] (int64, CPU, positive, non-increasing,
+// summing to R). Part of make_geometry; also used by the quantized op (cpu/quantized.cpp).
+void make_schedule(Geometry& g, const at::Tensor& input,
+                   const std::optional<at::Tensor>& batch_sizes);
+
 // Whether `weights` are what the fused kernels take: nn.GRU's _flat_weights for these flags and
 // input, every one defined, of nn.GRU's shape and of the input's dtype. make_geometry raises
 // when they are not; the direct entries (autograd.cpp) hand such weights to torch's own GRU

@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/quantized.h"
 #include "phases.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
@@ -59,6 +60,13 @@ pybind11::dict build_info() {
   info["cxx_flags"] = std::string();
 #endif
   info["cpu_vector_isa"] = std::string(cpu::vector_isa());
+  // The instructions each low-precision CPU path runs on in this build.
+  const auto [bf16, fp16, int8] = cpu::lowp_paths();
+  pybind11::dict lowp;
+  lowp["bfloat16"] = bf16;
+  lowp["float16"] = fp16;
+  lowp["int8"] = int8;
+  info["cpu_lowp_paths"] = lowp;
   info["portable"] = static_cast<bool>(GRU_NATIVE_PORTABLE);
   info["debug"] =
 #ifdef NDEBUG
@@ -107,7 +115,7 @@ void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accu
                                     bias->is_contiguous() &&
                                     bias->scalar_type() == a.scalar_type()),
               "cpu_gemm: bias [N], contiguous");
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "cpu_gemm", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cpu_gemm", [&] {
     cpu::gemm<scalar_t>(a.size(0), b.size(1), a.size(1),
                         MatRef<scalar_t>{a.data_ptr<scalar_t>(), a.stride(0), a.stride(1)},
                         MatRef<scalar_t>{b.data_ptr<scalar_t>(), b.stride(0), b.stride(1)},

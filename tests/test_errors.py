@@ -160,30 +160,28 @@ def test_empty_batch_works_like_nn_gru(bidirectional, batch_first):
     assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in ours.parameters())
 
 
-# In a build on the CUDA emulation, CPU tensors run the CUDA backend, which has float16 and
-# bfloat16 kernels (tests/test_cuda.py checks them): there, no dtype nn.GRU runs lacks a kernel.
-_emulated = pytest.mark.skipif(gru_native.build_info()["cuda_emulation"],
-                               reason="the CUDA emulation's CPU kernels take float16 and bfloat16")
+# A dtype nn.GRU runs on the CPU for which no backend has kernels (the CPU's take float32,
+# float64, float16 and bfloat16, as do the CUDA emulation's): complex64.
+NO_KERNEL = torch.complex64
 
 
-@_emulated
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_unsupported_cpu_dtype_op_names_it(dtype):
-    ws = [w.to(dtype) for w in nn.GRU(4, 3)._flat_weights]
-    with pytest.raises(RuntimeError, match=f"do not support dtype {dtype}"):
-        torch.ops.gru_native.gru_forward(torch.randn(5, 2, 4, dtype=dtype), None, ws, None,
+def test_unsupported_cpu_dtype_op_names_it():
+    ws = [w.to(NO_KERNEL) for w in nn.GRU(4, 3)._flat_weights]
+    with pytest.raises(RuntimeError, match=f"do not support dtype {NO_KERNEL}"):
+        torch.ops.gru_native.gru_forward(torch.randn(5, 2, 4, dtype=NO_KERNEL), None, ws, None,
                                          None, True, 1, False, False)
 
 
-@_emulated
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_unsupported_cpu_dtype_module_runs_like_nn_gru(dtype, caplog):
-    # The CPU kernels take float32 and float64; for other dtypes the module runs torch's own
-    # implementation, so that what nn.GRU runs still runs, with its results, and warns about
-    # nothing nn.GRU does not warn about (a log record on the "gru_native" logger says so).
+def test_unsupported_cpu_dtype_module_runs_like_nn_gru(caplog):
+    # For a dtype without kernels the module runs torch's own implementation, so that what
+    # nn.GRU runs still runs, with its results, and warns about nothing nn.GRU does not warn
+    # about (a log record on the "gru_native" logger says so).
+    dtype = NO_KERNEL
     torch.manual_seed(0)
-    ref = nn.GRU(4, 3, 2, bidirectional=True).to(dtype)
-    ours = gru_native.GRU(4, 3, 2, bidirectional=True).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nn.Module's note that complex modules are new
+        ref = nn.GRU(4, 3, 2, bidirectional=True).to(dtype)
+        ours = gru_native.GRU(4, 3, 2, bidirectional=True).to(dtype)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(5, 2, 4, dtype=dtype)
     gru_native.ops._noted_fallback.clear()

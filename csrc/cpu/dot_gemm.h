@@ -3,8 +3,9 @@
 // product over a few steps or a small batch, and for small_gemm's transposed operand. Each dot
 // runs on one vector accumulator over k in order (the last partial vector masked), then a
 // horizontal sum: its bits do not depend on the tile it runs in, on the thread or on the other
-// rows. Header-only, internal to kernels.cpp (an unnamed namespace: include it from that file
-// only).
+// rows. A and B may be of different element types with one math type (float activations and
+// bfloat16 weights): each vector is converted as it is loaded, so B is read at its own width.
+// Header-only, internal to kernels.cpp (an unnamed namespace: include it from that file only).
 #pragma once
 
 #include "cpu/vec.h"
@@ -19,9 +20,11 @@
 namespace gru_native::cpu {
 namespace {
 
-// out[i * ldo + j] = dot(a[i][0, K), w[j][0, K)) for i < RB, j < CB.
-template <typename T, int RB, int CB>
-inline void dot_tile(int64_t K, const T* const* a, const T* const* w, T* out, int64_t ldo) {
+// out[i * ldo + j] = dot(a[i][0, K), w[j][0, K)) for i < RB, j < CB, in Math<A>.
+template <int RB, int CB, typename A, typename W, typename Out>
+inline void dot_tile(int64_t K, const A* const* a, const W* const* w, Out* out, int64_t ldo) {
+  using T = Math<A>;
+  static_assert(std::is_same_v<T, Math<W>>, "one math type");
   using V = Vec<T>;
   constexpr int64_t kV = V::size();
   V acc[RB][CB];
@@ -42,39 +45,41 @@ inline void dot_tile(int64_t K, const T* const* a, const T* const* w, T* out, in
     }
   };
   int64_t k = 0;
-  for (; k + kV <= K; k += kV) step([k](const T* p) { return V::loadu(p + k); });
-  if (k < K) step([k, n = K - k](const T* p) { return load_first(p + k, n); });
+  for (; k + kV <= K; k += kV) step([k](const auto* p) { return load_math(p + k); });
+  if (k < K) step([k, n = K - k](const auto* p) { return load_first(p + k, n); });
 #pragma GCC unroll 8
   for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
-      out[i * ldo + j] = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[i][j]);
+      out[i * ldo + j] = static_cast<Out>(
+          at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[i][j]));
     }
   }
 }
 
-// C[m, c] = dot(A[m * lda, +K), row(c)) for m < M, c < Nc.
-template <typename T, typename Row>
-void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const Row& row, T* C,
+// C[m, c] = dot(A[m * lda, +K), row(c)) for m < M, c < Nc; row(c) points at a row of B.
+template <typename A, typename Row, typename Out>
+void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const Row& row, Out* C,
               int64_t ldc) {
+  using W = std::remove_cv_t<std::remove_pointer_t<decltype(row(int64_t(0)))>>;
   constexpr int kCB = 4;
-  const T* a[8];
-  const T* rows[8];
+  const A* a[8];
+  const W* rows[8];
   auto run_rows = [&](auto rb_tag, int64_t m0) {
     constexpr int RB = decltype(rb_tag)::value;
     // With one row of A, twice the rows of W, with eight half: enough independent accumulators
     // either way, within the registers.
     constexpr int CB = RB == 1 ? 2 * kCB : (RB == 8 ? kCB / 2 : kCB);
-    for (int i = 0; i < RB; ++i) a[i] = A + (m0 + i) * lda;
-    T* cm = C + m0 * ldc;
+    for (int i = 0; i < RB; ++i) a[i] = Ap + (m0 + i) * lda;
+    Out* cm = C + m0 * ldc;
     int64_t c = 0;
     for (; c + CB <= Nc; c += CB) {
       for (int j = 0; j < CB; ++j) rows[j] = row(c + j);
-      dot_tile<T, RB, CB>(K, a, rows, cm + c, ldc);
+      dot_tile<RB, CB>(K, a, rows, cm + c, ldc);
     }
     for (; c < Nc; ++c) {
       rows[0] = row(c);
-      dot_tile<T, RB, 1>(K, a, rows, cm + c, ldc);
+      dot_tile<RB, 1>(K, a, rows, cm + c, ldc);
     }
   };
   int64_t m = 0;
@@ -93,12 +98,12 @@ void dot_rows(int64_t M, const T* A, int64_t lda, int64_t Nc, int64_t K, const R
 
 // The forward's recurrent product for a slice of width units: C[m, g * width + jj] = dot(A row
 // m, row g * H + jj of w), w = W_hh's first row of the slice (the rows of gate g start H rows on).
-template <typename T>
-void direct_product(int64_t M, const T* A, int64_t lda, const T* w, int64_t H, int64_t width,
-                    T* C, int64_t ldc) {
+template <typename A, typename W>
+void direct_product(int64_t M, const A* Ap, int64_t lda, const W* w, int64_t H, int64_t width,
+                    Math<A>* C, int64_t ldc) {
   for (int g = 0; g < kGates; ++g) {
-    const T* wg = w + g * H * H;
-    dot_rows(M, A, lda, width, H, [&](int64_t c) { return wg + c * H; }, C + g * width, ldc);
+    const W* wg = w + g * H * H;
+    dot_rows(M, Ap, lda, width, H, [&](int64_t c) { return wg + c * H; }, C + g * width, ldc);
   }
 }
 

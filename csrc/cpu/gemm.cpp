@@ -22,6 +22,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
+
+#include "cpu/host_cache.h"
 
 namespace gru_native::cpu {
 namespace {
@@ -79,27 +82,38 @@ ThreadBuffers<T>& thread_buffers() {
   return buffers;
 }
 
+// dst[0, n) = src[0, n), converted to T.
+template <typename T, typename S>
+inline void copy_converted(const S* src, int64_t n, T* dst) {
+  if constexpr (std::is_same_v<S, T>) {
+    std::memcpy(dst, src, n * sizeof(T));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
 // A's rows [0, mc) x columns [0, kc) (A points at the block's first element) into micro-panels
 // of kMR rows: panel p holds dst[p * kc * kMR + k * kMR + i] = A(p * kMR + i, k), zero past mc.
-template <typename T>
-void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst) {
+// S: A's element type, converted to T (a half type into float panels).
+template <typename T, typename S>
+void pack_a(int64_t mc, int64_t kc, const S* A, int64_t rs, int64_t cs, T* dst) {
   constexpr int MR = Blocking<T>::kMR;
   for (int64_t m0 = 0; m0 < mc; m0 += MR, dst += kc * MR) {
     const int mr = static_cast<int>(std::min<int64_t>(MR, mc - m0));
-    const T* a = A + m0 * rs;
+    const S* a = A + m0 * rs;
     if (rs == 1) {  // a column of the block is contiguous: kMR elements at a time
       for (int64_t k = 0; k < kc; ++k) {
-        const T* src = a + k * cs;
+        const S* src = a + k * cs;
         T* out = dst + k * MR;
         int i = 0;
-        for (; i < mr; ++i) out[i] = src[i];
+        for (; i < mr; ++i) out[i] = static_cast<T>(src[i]);
         for (; i < MR; ++i) out[i] = T(0);
       }
     } else {  // rows: kMR streams along k
       for (int i = 0; i < MR; ++i) {
         if (i < mr) {
-          const T* src = a + i * rs;
-          for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[k * cs];
+          const S* src = a + i * rs;
+          for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = static_cast<T>(src[k * cs]);
         } else {
           for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = T(0);
         }
@@ -110,17 +124,18 @@ void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst) 
 
 // B's rows [0, kc) x columns [0, nc) (B points at the block's first element) into panels of
 // kNR columns: panel p holds dst[p * kc * kNR + k * kNR + c] = B(k, p * kNR + c), zero past nc.
-template <typename T>
-void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, T* dst) {
+// S: B's element type, converted to T.
+template <typename T, typename S>
+void pack_b(int64_t kc, int64_t nc, const S* B, int64_t rs, int64_t cs, T* dst) {
   constexpr int64_t NR = Blocking<T>::kNR;
   for (int64_t n0 = 0; n0 < nc; n0 += NR, dst += kc * NR) {
     const int64_t nr = std::min(NR, nc - n0);
-    const T* b = B + n0 * cs;
+    const S* b = B + n0 * cs;
     if (cs == 1) {  // rows of the block are contiguous
       for (int64_t k = 0; k < kc; ++k) {
-        const T* src = b + k * rs;
+        const S* src = b + k * rs;
         T* out = dst + k * NR;
-        std::memcpy(out, src, nr * sizeof(T));
+        copy_converted(src, nr, out);
         if (nr < NR) std::fill(out + nr, out + NR, T(0));
       }
     } else {  // columns: kNR streams along k, a cache line of each at a time
@@ -129,8 +144,8 @@ void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, T* dst) 
         const int64_t k1 = std::min(kc, k0 + kLine);
         for (int64_t c = 0; c < NR; ++c) {
           if (c < nr) {
-            const T* src = b + c * cs;
-            for (int64_t k = k0; k < k1; ++k) dst[k * NR + c] = src[k * rs];
+            const S* src = b + c * cs;
+            for (int64_t k = k0; k < k1; ++k) dst[k * NR + c] = static_cast<T>(src[k * rs]);
           } else {
             for (int64_t k = k0; k < k1; ++k) dst[k * NR + c] = T(0);
           }
@@ -231,10 +246,11 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   }
 }
 
-template <typename T>
+// S: the element type of A and B (T, or a half type packed into T = float).
+template <typename T, typename S = T>
 struct Problem {
   int64_t M, N, K;
-  MatRef<T> A, B;
+  MatRef<S> A, B;
   bool beta;  // C is accumulated into
   T* C;
   int64_t ldc;
@@ -242,8 +258,8 @@ struct Problem {
 };
 
 // Rows [m0, m1) x columns [n0, n1) of C, on the calling thread.
-template <typename T>
-void run_rectangle(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+template <typename T, typename S>
+void run_rectangle(const Problem<T, S>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   using Bl = Blocking<T>;
   constexpr int MR = Bl::kMR;
   constexpr int64_t NR = Bl::kNR, KC = Bl::kKC, MC = Bl::kMC, NC = Bl::kNC;
@@ -277,8 +293,8 @@ void run_rectangle(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int6
 }
 
 // K == 0: C = beta C + bias.
-template <typename T>
-void scale_and_bias(const Problem<T>& p) {
+template <typename T, typename S>
+void scale_and_bias(const Problem<T, S>& p) {
   for (int64_t m = 0; m < p.M; ++m) {
     T* c = p.C + m * p.ldc;
     if (!p.beta) std::fill(c, c + p.N, T(0));
@@ -330,8 +346,8 @@ inline void split(int64_t tiles, int parts, int i, int64_t size, int64_t total, 
 
 thread_local Grid last_grid;
 
-template <typename T>
-void run(const Problem<T>& p, int available) {
+template <typename T, typename S>
+void run(const Problem<T, S>& p, int available) {
   if (p.M <= 0 || p.N <= 0) return;
   if (p.K <= 0) return scale_and_bias(p);
   using Bl = Blocking<T>;
@@ -349,19 +365,45 @@ void run(const Problem<T>& p, int available) {
   });
 }
 
+// The half types: A and B packed into float panels as they are read (the same microkernel and
+// sum order as float), C accumulated in float (a host-cache block) and rounded to T once at
+// the end.
+template <typename T>
+void half_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+               int64_t ldc, const T* bias, int available) {
+  if (M <= 0 || N <= 0) return;
+  const at::Tensor c_block = cached_empty({M * N + (bias != nullptr ? N : 0)}, at::kFloat);
+  float* c = c_block.data_ptr<float>();
+  float* bias_float = bias != nullptr ? c + M * N : nullptr;
+  for (int64_t m = 0; m < M && beta != T(0); ++m) copy_converted(C + m * ldc, N, c + m * N);
+  if (bias != nullptr) copy_converted(bias, N, bias_float);
+  run(Problem<float, T>{M, N, K, A, B, beta != T(0), c, N, bias_float}, available);
+  for (int64_t m = 0; m < M; ++m) copy_converted(c + m * N, N, C + m * ldc);
+}
+
+template <typename T>
+void run_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+              int64_t ldc, const T* bias, int available) {
+  if constexpr (std::is_same_v<T, Math<T>>) {
+    run(Problem<T>{M, N, K, A, B, beta != T(0), C, ldc, bias}, available);
+  } else {
+    half_gemm(M, N, K, A, B, beta, C, ldc, bias, available);
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C, int64_t ldc,
           const T* bias) {
   const int available = at::in_parallel_region() ? 1 : at::get_num_threads();
-  run(Problem<T>{M, N, K, A, B, beta != T(0), C, ldc, bias}, available);
+  run_gemm(M, N, K, A, B, beta, C, ldc, bias, available);
 }
 
 template <typename T>
 void gemm_serial(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                  int64_t ldc, const T* bias) {
-  run(Problem<T>{M, N, K, A, B, beta != T(0), C, ldc, bias}, 1);
+  run_gemm(M, N, K, A, B, beta, C, ldc, bias, 1);
 }
 
 std::pair<int, int> last_gemm_grid() { return {last_grid.tm, last_grid.tn}; }
@@ -373,6 +415,8 @@ std::pair<int, int> last_gemm_grid() { return {last_grid.tm, last_grid.tn}; }
                                const T*);
 GRU_NATIVE_INSTANTIATE(float)
 GRU_NATIVE_INSTANTIATE(double)
+GRU_NATIVE_INSTANTIATE(c10::BFloat16)
+GRU_NATIVE_INSTANTIATE(c10::Half)
 #undef GRU_NATIVE_INSTANTIATE
 
 }  // namespace gru_native::cpu

@@ -16,6 +16,8 @@ namespace gru_native::cpu {
 
 // C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1. A(m, k) = A.p[m * A.rs +
 // k * A.cs], B likewise: any strides. Runs on torch's intra-op threads (at::get_num_threads()).
+// T: float, double, or bfloat16 / float16, whose A and B are converted to float as they are
+// packed and whose C is summed in float (as float's is) and rounded to T once.
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C, int64_t ldc,
           const T* bias);

@@ -15,7 +15,8 @@ namespace {
 
 struct CpuBackend {
   static constexpr const char* kName = "CPU";
-  static constexpr const char* kDtypes = "torch.float32, torch.float64";
+  static constexpr const char* kDtypes =
+      "torch.float32, torch.float64, torch.float16, torch.bfloat16";
   // Below this many multiply-adds a GEMM runs in plain loops, with no packing.
   static constexpr int64_t kSmallGemm = 32 * 1024;
   // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
@@ -28,27 +29,31 @@ struct CpuBackend {
     explicit Guard(const at::Tensor&) {}
   };
 
-  static bool supports(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+  static bool supports(at::ScalarType t) {
+    return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+  }
 
-  // The saved gates keep the input's dtype.
-  static at::ScalarType workspace_dtype(at::ScalarType t) { return t; }
+  // The saved gates are kept in the kernels' math type: float for the half types (as on CUDA),
+  // the input's dtype otherwise.
+  static at::ScalarType workspace_dtype(at::ScalarType t) { return at::toOpMathType(t); }
   template <typename T>
   struct Workspace {
-    using type = T;
+    using type = at::opmath_type<T>;
   };
 
   template <typename F>
   static void dispatch(at::ScalarType t, const F& f) {
-    AT_DISPATCH_FLOATING_TYPES(t, "gru_native_cpu", [&] { f(static_cast<scalar_t*>(nullptr)); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "gru_native_cpu",
+                                    [&] { f(static_cast<scalar_t*>(nullptr)); });
   }
 
   template <typename T>
-  static void forward_layer(const LayerForwardParams<T>& p) {
+  static void forward_layer(const cpu::ForwardParams<T>& p) {
     cpu::forward_layer(p);
   }
 
   template <typename T>
-  static void backward_layer(const LayerBackwardParams<T>& p) {
+  static void backward_layer(const cpu::BackwardParams<T>& p) {
     cpu::backward_layer(p);
   }
 

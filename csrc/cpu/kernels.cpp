@@ -1,5 +1,6 @@
 // kernels.cpp: the CPU recurrence, and the small vectorised loops the CPU backend calls besides
-// it (small_gemm, column_sum, multiply, activations).
+// it (small_gemm, column_sum, multiply, activations). Every element type's math runs in
+// Math<T> (vec.h): float for bfloat16 and float16, converted on load and rounded on store.
 //
 // One parallel region per layer runs the whole sequence (threads.h). A thread owns a slice
 // [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once (or, for a
@@ -24,6 +25,7 @@
 
 #include "cpu/dot_gemm.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/qdot.h"
 #include "cpu/threads.h"
 #include "gru_cell.h"
 
@@ -53,19 +55,40 @@ struct StepState {
         prev(rows.prev_offset < 0 ? nullptr : out_d + rows.prev_offset * ld_out) {}
 };
 
+// src rows [0, M) x [0, K) into dst (rows at ld_src and ld_dst), converted to D's type.
+template <typename S, typename D>
+void convert_rows(int64_t M, int64_t K, const S* src, int64_t ld_src, D* dst, int64_t ld_dst) {
+  for (int64_t m = 0; m < M; ++m) {
+    const S* s = src + m * ld_src;
+    D* t = dst + m * ld_dst;
+    for_each_lane<Math<S>>(K, [&](const auto& lane, int64_t k) { lane.store(t + k, lane.load(s + k)); });
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// What a forward thread keeps for its slice: the packed form's W_hh rows and the previous step's
+// rows converted to the math type (a half type's), or quantized (int8 weights); gh.
+template <typename acc_t>
+struct ForwardBuffers {
+  PackedGemm<acc_t> wh;       // W_hh rows of the slice, all three gates: [H, 3 * width]
+  std::vector<acc_t> gh;      // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
+  std::vector<acc_t> rows;    // [N, H] h_{t-1} in acc_t for the packed product
+  QuantizedRows quantized;    // [N, H] h_{t-1} quantized per row, for int8 weights
+};
+
 // One thread's share of one direction's forward: hidden units [j0, j1) of all three gates.
-template <typename scalar_t>
+template <typename scalar_t, typename w_t>
 struct ForwardSlice {
-  const LayerForwardParams<scalar_t>& p;
+  using acc_t = Math<scalar_t>;
+  static constexpr bool kInt8 = std::is_same_v<w_t, int8_t>;
+  const ForwardParams<scalar_t, w_t>& p;
   int d;
   int64_t j0, j1;
-  PackedGemm<scalar_t>& wh;  // W_hh rows of the slice, all three gates: [H, 3 * width]
-  scalar_t* gh;              // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
+  ForwardBuffers<acc_t>& buf;
   const std::vector<scalar_t>& zeros;  // [H]
-  bool direct;               // products straight from W_hh (direct_product), nothing packed
+  bool direct;  // products straight from W_hh (direct_product, qdot_rows), nothing packed
 
   int64_t width() const { return j1 - j0; }
 
@@ -73,17 +96,28 @@ struct ForwardSlice {
   void pack() {
     if (direct) return;
     const int64_t H = p.H, wd = width();
-    const scalar_t* W = p.w_hh[d] + j0 * H;
-    wh.pack_rows(H, kGates * wd, [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; });
+    const w_t* W = p.w_hh[d] + j0 * H;
+    buf.wh.pack_rows(H, kGates * wd, [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; });
   }
 
   // gh rows [0, M) = rows of A times the slice of W_hh^T.
-  void product(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C) {
-    if (direct) {
-      const int64_t H = p.H;
-      direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, width(), C, kGates * width());
+  void product(int64_t M, const scalar_t* A, int64_t lda, acc_t* C) {
+    const int64_t H = p.H, wd = width(), ldc = kGates * wd;
+    if (M <= 0) return;
+    if constexpr (kInt8) {
+      buf.quantized.quantize(M, H, A, lda);
+      for (int g = 0; g < kGates; ++g) {
+        const int8_t* wg = p.w_hh[d] + (g * H + j0) * H;
+        qdot_rows(buf.quantized.view(0, M), wd, [&](int64_t c) { return wg + c * H; },
+                  p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
+      }
+    } else if (direct) {
+      direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, wd, C, ldc);
+    } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      buf.wh.run(M, A, lda, C, ldc, false);
     } else {
-      wh.run(M, A, lda, C, kGates * width(), false);
+      convert_rows(M, H, A, lda, buf.rows.data(), H);
+      buf.wh.run(M, buf.rows.data(), H, C, ldc, false);
     }
   }
 
@@ -95,9 +129,10 @@ struct ForwardSlice {
     const StepState<scalar_t> st(s, d, t, out_d, ld_out);
     const int64_t n_from_out = st.rows.n_from_out, finish_from = st.rows.finish_from;
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
+    acc_t* gh = buf.gh.data();
     product(n_from_out, st.prev, ld_out, gh);
     if (h0.zero) {  // h0 W_hh^T = 0
-      std::fill(gh + n_from_out * G, gh + rows * G, scalar_t(0));
+      std::fill(gh + n_from_out * G, gh + rows * G, acc_t(0));
     } else {
       product(rows - n_from_out, h0.row(n_from_out), H, gh + n_from_out * G);
     }
@@ -105,15 +140,15 @@ struct ForwardSlice {
     const scalar_t* bh = p.b_hh[d] ? p.b_hh[d] + j0 : nullptr;
     for (int64_t b = 0; b < rows; ++b) {
       const scalar_t* gi_b = p.gi[d] + (off + b) * kGates * H + j0;
-      const scalar_t* gh_b = gh + b * G;
+      const acc_t* gh_b = gh + b * G;
       const scalar_t* hp_b = (b < n_from_out ? st.prev + b * ld_out : h0.row(b)) + j0;
       scalar_t* out_b = out_d + (off + b) * ld_out + j0;
-      scalar_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
+      acc_t* ws_b = p.ws[d] ? p.ws[d] + (off + b) * kWorkspaceGates * H + j0 : nullptr;
       scalar_t* hy_b = b >= finish_from ? p.hy[d] + b * H + j0 : nullptr;  // h_t is h_n
-      for_each_lane<scalar_t>(wd, [&](const auto& lane, int64_t jj) {
+      for_each_lane<acc_t>(wd, [&](const auto& lane, int64_t jj) {
         using V = typename std::decay_t<decltype(lane)>::V;
-        auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
-        const V zero(scalar_t(0));
+        auto load = [&](const auto* q) { return lane.load(q + jj); };
+        const V zero(acc_t(0));
         V gi_r = load(gi_b), gi_z = load(gi_b + H), gi_n = load(gi_b + 2 * H);
         if (bi) {
           gi_r = gi_r + load(bi);
@@ -143,10 +178,13 @@ struct ForwardSlice {
 
 template <typename scalar_t>
 struct BackwardSlice {
-  const LayerBackwardParams<scalar_t>& p;
+  using acc_t = Math<scalar_t>;
+  const BackwardParams<scalar_t>& p;
   int d;
   int64_t j0, j1;
-  PackedGemm<scalar_t>& w;  // W_hh columns of the slice: [3H, width]
+  PackedGemm<acc_t>& w;  // W_hh columns of the slice: [3H, width]
+  acc_t* dg_rows;        // [N, 3H] a step's dG_h converted to acc_t (half types), else unused
+  acc_t* dh;             // [N, H] dL/dh of direction d: p.dh[d], or a float copy (half types)
   const std::vector<scalar_t>& zeros;  // [H]
   bool direct;  // W_hh read in place (PackedGemm::view), else packed: the same bits either way
 
@@ -155,18 +193,17 @@ struct BackwardSlice {
   void pack() {
     const int64_t H = p.H;
     const scalar_t* W = p.w_hh[d] + j0;
-    if (direct) {
-      w.view(kGates * H, width(), W, H);
-    } else {
-      w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + c]; });
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (direct) return w.view(kGates * H, width(), W, H);
     }
+    w.pack(kGates * H, width(), [&](int64_t k, int64_t c) { return W[k * H + c]; });
   }
 
   // The pointwise pass of step t for the slice: dG (kGradGates blocks), h_{t-1}, and the direct
   // part of dh_{t-1} into dh.
   void pointwise(int64_t t) {
     const StepSchedule& s = p.steps;
-    const int64_t H = p.H, G = kGates * H, ld = p.D * H;
+    const int64_t H = p.H, ld = p.D * H;
     const int64_t rows = s.batch_sizes[t], off = s.offsets[t];
     const StepState<scalar_t> st(s, d, t, p.out + d * H, ld);
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
@@ -174,13 +211,13 @@ struct BackwardSlice {
       const int64_t row = off + b;
       const scalar_t* hprev = (b < st.rows.n_from_out ? st.prev + b * ld : h0.row(b)) + j0;
       const scalar_t* dout_b = p.dout + row * ld + d * H + j0;
-      const scalar_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
-      scalar_t* dh_b = p.dh[d] + b * H + j0;
+      const acc_t* ws_b = p.ws[d] + row * kWorkspaceGates * H + j0;
+      acc_t* dh_b = dh + b * H + j0;
       scalar_t* dg_b = p.dg[d] + row * kGradGates * H + j0;
       scalar_t* hp_b = p.hp[d] + row * H + j0;
-      for_each_lane<scalar_t>(width(), [&](const auto& lane, int64_t jj) {
+      for_each_lane<acc_t>(width(), [&](const auto& lane, int64_t jj) {
         using V = typename std::decay_t<decltype(lane)>::V;
-        auto load = [&](const scalar_t* q) { return lane.load(q + jj); };
+        auto load = [&](const auto* q) { return lane.load(q + jj); };
         const V hp = load(hprev);
         V d_r, d_z, d_n, d_hn, dh_prev;
         gru_cell_backward<V>(load(dout_b) + load(dh_b), load(ws_b), load(ws_b + H),
@@ -200,16 +237,22 @@ struct BackwardSlice {
   // slice's dG of step t.
   void gemm(int64_t t) {
     const StepSchedule& s = p.steps;
-    const int64_t H = p.H;
-    w.run(s.batch_sizes[t], p.dg[d] + s.offsets[t] * kGradGates * H, kGradGates * H,
-          p.dh[d] + j0, H, true);
+    const int64_t H = p.H, M = s.batch_sizes[t];
+    const scalar_t* dg = p.dg[d] + s.offsets[t] * kGradGates * H;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      w.run(M, dg, kGradGates * H, dh + j0, H, true);
+    } else {
+      convert_rows(M, kGates * H, dg, kGradGates * H, dg_rows, kGates * H);
+      w.run(M, dg_rows, kGates * H, dh + j0, H, true);
+    }
   }
 };
 
 template <typename scalar_t>
 int64_t slice_align() {
-  // Whole 64-byte cache lines, and at least one vector.
-  return std::max<int64_t>(Vec<scalar_t>::size(), 64 / static_cast<int64_t>(sizeof(scalar_t)));
+  // Whole 64-byte cache lines of the rows written, and at least one vector of the math.
+  return std::max<int64_t>(Vec<Math<scalar_t>>::size(),
+                           64 / static_cast<int64_t>(sizeof(scalar_t)));
 }
 
 template <typename scalar_t>
@@ -262,8 +305,10 @@ bool backward_direct(const StepSchedule& s) {
 
 }  // namespace
 
-template <typename scalar_t>
-void forward_layer(const LayerForwardParams<scalar_t>& p) {
+template <typename scalar_t, typename w_t>
+void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
+  using acc_t = Math<scalar_t>;
+  constexpr bool kInt8 = std::is_same_v<w_t, int8_t>;
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
@@ -271,16 +316,17 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
   last_plans.forward_per_group = plan.per_group;
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
-  const bool direct = forward_direct(s, H);
-  std::vector<PackedGemm<scalar_t>> wh(slots);
-  std::vector<std::vector<scalar_t>> gh(slots);
+  const bool direct = kInt8 || forward_direct(s, H);  // int8 weights have no packed form
+  std::vector<ForwardBuffers<acc_t>> bufs(slots);
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < slots; ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     const int64_t cols = kGates * (j1 - j0);
-    if (!direct) wh[i].reserve(packed_size<scalar_t>(H, cols));
-    gh[i].resize(static_cast<size_t>(s.N * cols));
+    if (!direct) bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
+    if (!direct && !std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
+    if (kInt8) bufs[i].quantized.reserve(s.N, H);
+    bufs[i].gh.resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
     const bool alone = q < 0;  // the serial fallback runs every slice of the group itself
@@ -288,10 +334,10 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
     int d_begin, d_end;
     group_directions(plan.groups, group, p.D, d_begin, d_end);
     auto slice_for = [&](int d, int qq) {
-      const int slot = group * plan.per_group + qq;
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return ForwardSlice<scalar_t>{p, d, j0, j1, wh[slot], gh[slot].data(), zeros, direct};
+      return ForwardSlice<scalar_t, w_t>{p, d, j0, j1, bufs[group * plan.per_group + qq], zeros,
+                                         direct};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
@@ -305,21 +351,38 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
 }
 
 template <typename scalar_t>
-void backward_layer(const LayerBackwardParams<scalar_t>& p) {
+void backward_layer(const BackwardParams<scalar_t>& p) {
+  using acc_t = Math<scalar_t>;
+  constexpr bool kHalf = !std::is_same_v<scalar_t, acc_t>;
   const StepSchedule& s = p.steps;
-  const int64_t H = p.H, align = slice_align<scalar_t>();
+  const int64_t H = p.H, N = s.N, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
   last_plans.backward_groups = plan.groups;
   last_plans.backward_per_group = plan.per_group;
-  const bool direct = backward_direct(s);
-  std::vector<PackedGemm<scalar_t>> packs(plan.threads());
+  // The half types' W_hh is always packed (into float panels).
+  const bool direct = !kHalf && backward_direct(s);
+  std::vector<PackedGemm<acc_t>> packs(plan.threads());
+  std::vector<std::vector<acc_t>> dg_rows(kHalf ? plan.threads() : 0);
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < plan.threads(); ++i) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     // (In place, only the last partial panel is copied.)
-    packs[i].reserve(direct ? packed_size<scalar_t>(kGates * H, PackedGemm<scalar_t>::kNR)
-                            : packed_size<scalar_t>(kGates * H, j1 - j0));
+    packs[i].reserve(direct ? packed_size<acc_t>(kGates * H, PackedGemm<acc_t>::kNR)
+                            : packed_size<acc_t>(kGates * H, j1 - j0));
+    if (kHalf) dg_rows[i].resize(N * kGates * H);
+  }
+  // dL/dh runs from step to step in acc_t: p.dh itself, or (half types) a float copy of it,
+  // rounded back into p.dh once at the end.
+  std::vector<acc_t> dh_copy(kHalf ? p.D * N * H : 0);
+  acc_t* dh[2] = {nullptr, nullptr};
+  for (int d = 0; d < p.D; ++d) {
+    if constexpr (kHalf) {
+      dh[d] = dh_copy.data() + d * N * H;
+      convert_rows(N, H, p.dh[d], H, dh[d], H);
+    } else {
+      dh[d] = p.dh[d];
+    }
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
     const bool alone = q < 0;
@@ -327,10 +390,11 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
     int d_begin, d_end;
     group_directions(plan.groups, group, p.D, d_begin, d_end);
     auto slice_for = [&](int d, int qq) {
+      const int slot = group * plan.per_group + qq;
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
-      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[group * plan.per_group + qq], zeros,
-                                     direct};
+      return BackwardSlice<scalar_t>{p, d, j0, j1, packs[slot],
+                                     kHalf ? dg_rows[slot].data() : nullptr, dh[d], zeros, direct};
     };
     // The product of a direction's first step (its last here) only gives dL/dh0.
     const int64_t products = p.need_dh0 ? s.T : s.T - 1;
@@ -348,6 +412,31 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
       }
     }
   });
+  if constexpr (kHalf) {
+    for (int d = 0; d < p.D; ++d) convert_rows(N, H, dh[d], H, p.dh[d], H);
+  }
+}
+
+namespace {
+
+// C[m, n] = dot(A row m, row n of B) for m < M, n < N, B's rows at b + n * ldb, threaded over
+// the rows of B from kParallelDots on (each output's dot is the same whichever thread runs it).
+template <typename A, typename B, typename Out>
+void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda, const B* b,
+                       int64_t ldb, Out* C, int64_t ldc) {
+  constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
+  const int64_t grain = M * N * K < kParallelDots ? N : 64;
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    dot_rows(M, a, lda, n1 - n0, K, [&](int64_t n) { return b + (n0 + n) * ldb; }, C + n0, ldc);
+  });
+}
+
+}  // namespace
+
+template <typename W>
+void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
+                  float* C, int64_t ldc) {
+  dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
 }
 
 template <typename T>
@@ -355,18 +444,12 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
                 int64_t ldc, const T* bias) {
   if (B.rs == 1 && B.cs != 1 && A.cs == 1 && K > 0 && beta == T(0)) {
     // B is a row-major matrix transposed (the input projection x W_ih^T): dot products along
-    // its rows, nothing copied, the rows split over the threads from kParallelDots on (each
-    // output's dot is the same whichever thread runs it). C = A B (+ bias).
-    constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
-    const int64_t grain = M * N * K < kParallelDots ? N : 64;
-    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-      dot_rows(M, A.p, A.rs, n1 - n0, K, [&](int64_t n) { return B.p + (n0 + n) * B.cs; },
-               C + n0, ldc);
-    });
+    // its rows, nothing copied. C = A B (+ bias).
+    dot_rows_threaded(M, N, K, A.p, A.rs, B.p, B.cs, C, ldc);
     if (bias != nullptr) {
       for (int64_t m = 0; m < M; ++m) {
         T* c = C + m * ldc;
-        for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
+        for_each_lane<Math<T>>(N, [&](const auto& lane, int64_t n) {
           lane.store(c + n, lane.load(c + n) + lane.load(bias + n));
         });
       }
@@ -390,11 +473,13 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
   for (int64_t m = 0; m < M; ++m) {
     T* c = C + m * ldc;
     const T* a = A.p + m * A.rs;
-    for_each_lane<T>(N, [&](const auto& lane, int64_t n) {
+    for_each_lane<Math<T>>(N, [&](const auto& lane, int64_t n) {
       using V = typename std::decay_t<decltype(lane)>::V;
-      V acc = beta == T(0) ? V(T(0)) : lane.load(c + n);
+      V acc = beta == T(0) ? V(Math<T>(0)) : lane.load(c + n);
       if (bias) acc = acc + lane.load(bias + n);
-      for (int64_t k = 0; k < K; ++k) acc = acc + V(a[k * A.cs]) * lane.load(b + k * b_rs + n);
+      for (int64_t k = 0; k < K; ++k) {
+        acc = acc + V(static_cast<Math<T>>(a[k * A.cs])) * lane.load(b + k * b_rs + n);
+      }
       lane.store(c + n, acc);
     });
   }
@@ -402,7 +487,7 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
 
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out) {
-  for_each_lane<T>(n, [&](const auto& lane, int64_t i) {
+  for_each_lane<Math<T>>(n, [&](const auto& lane, int64_t i) {
     lane.store(out + i, lane.load(a + i) * lane.load(b + i));
   });
 }
@@ -410,17 +495,27 @@ void multiply(int64_t n, const T* a, const T* b, T* out) {
 template <typename T>
 void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
   // Sequential sums over blocks of rows, then a sum of the block sums: a fixed order whose
-  // rounding error grows with rows / kBlock + kBlock rather than with rows.
+  // rounding error grows with rows / kBlock + kBlock rather than with rows. The half types sum
+  // in float and round once.
+  using acc_t = Math<T>;
   constexpr int64_t kBlock = 256;
-  std::fill(dst, dst + cols, T(0));
+  std::vector<acc_t> sums_copy(std::is_same_v<T, acc_t> ? 0 : cols);
+  acc_t* sums;
+  if constexpr (std::is_same_v<T, acc_t>) {
+    sums = dst;
+  } else {
+    sums = sums_copy.data();
+  }
+  std::fill(sums, sums + cols, acc_t(0));
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t r1 = std::min(rows, r0 + kBlock);
-    for_each_lane<T>(cols, [&](const auto& lane, int64_t j) {
+    for_each_lane<acc_t>(cols, [&](const auto& lane, int64_t j) {
       auto acc = lane.load(src + r0 * ld + j);
       for (int64_t r = r0 + 1; r < r1; ++r) acc = acc + lane.load(src + r * ld + j);
-      lane.store(dst + j, lane.load(dst + j) + acc);
+      lane.store(sums + j, lane.load(sums + j) + acc);
     });
   }
+  if constexpr (!std::is_same_v<T, acc_t>) convert_rows(1, cols, sums, cols, dst, cols);
 }
 
 template <typename T>
@@ -437,15 +532,23 @@ ThreadPlanRecord last_thread_plans() { return last_plans; }
 const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
 
 #define GRU_NATIVE_INSTANTIATE(T)                                                          \
-  template void forward_layer<T>(const LayerForwardParams<T>&);                            \
-  template void backward_layer<T>(const LayerBackwardParams<T>&);                          \
+  template void forward_layer<T, T>(const ForwardParams<T, T>&);                           \
+  template void backward_layer<T>(const BackwardParams<T>&);                               \
   template void small_gemm<T>(int64_t, int64_t, int64_t, MatRef<T>, MatRef<T>, T, T*, int64_t, \
                               const T*);                                                   \
   template void column_sum<T>(int64_t, int64_t, const T*, int64_t, T*);                    \
-  template void multiply<T>(int64_t, const T*, const T*, T*);                               \
-  template void activations<T>(int64_t, const T*, T*, T*);
+  template void multiply<T>(int64_t, const T*, const T*, T*);
 GRU_NATIVE_INSTANTIATE(float)
 GRU_NATIVE_INSTANTIATE(double)
+GRU_NATIVE_INSTANTIATE(c10::BFloat16)
+GRU_NATIVE_INSTANTIATE(c10::Half)
 #undef GRU_NATIVE_INSTANTIATE
+template void activations<float>(int64_t, const float*, float*, float*);
+template void activations<double>(int64_t, const double*, double*, double*);
+// The quantized layers: float activations, W_hh in bfloat16 or int8 (qdot.h).
+template void forward_layer<float, c10::BFloat16>(const ForwardParams<float, c10::BFloat16>&);
+template void forward_layer<float, int8_t>(const ForwardParams<float, int8_t>&);
+template void project_rows<c10::BFloat16>(int64_t, int64_t, int64_t, const float*, int64_t,
+                                          const c10::BFloat16*, float*, int64_t);
 
 }  // namespace gru_native::cpu

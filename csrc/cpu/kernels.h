@@ -1,27 +1,46 @@
 // kernels.h: the CPU kernels (raw pointers, no ATen tensors). Shape legend: gru_cell.h.
 #pragma once
 
+#include <ATen/OpMathType.h>
+
 #include <cstdint>
 
 #include "gru_params.h"
 
 namespace gru_native::cpu {
 
-// Runs every direction of one layer over all steps: per step one GEMM h W_hh^T and one fused
-// pointwise pass that writes h_t, the layer output, h_n and (if p.ws) the workspace.
+// Element types: float and double, and the half types bfloat16 and float16, whose math runs in
+// float (at::opmath_type): values are converted as they are loaded, sums and gates are float, the
+// saved gates (the workspace) are float, and what is stored in the element type is rounded to
+// nearest even once.
+template <typename T, typename W = T>
+using ForwardParams = LayerForwardParams<T, at::opmath_type<T>, W>;
 template <typename T>
-void forward_layer(const LayerForwardParams<T>& p);
+using BackwardParams = LayerBackwardParams<T, at::opmath_type<T>>;
+
+// Runs every direction of one layer over all steps: per step one GEMM h W_hh^T and one fused
+// pointwise pass that writes h_t, the layer output, h_n and (if p.ws) the workspace. W (W_hh's
+// element type) is T, or for the quantized layers (float activations) bfloat16 or int8_t.
+template <typename T, typename W = T>
+void forward_layer(const ForwardParams<T, W>& p);
 
 // Backward through time of one layer: per step one fused pointwise pass (dG_i, dG_h, h_{t-1},
 // the direct part of dh_{t-1}) and one GEMM dh_{t-1} += dG_h W_hh.
 template <typename T>
-void backward_layer(const LayerBackwardParams<T>& p);
+void backward_layer(const BackwardParams<T>& p);
 
 // C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1, for small products, in plain
 // vectorised loops with no call overhead (larger ones go to gemm.h).
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias);
+
+// C[M, N] = x W^T for a few rows of x (M small), W [N, K] row-major of element type W read in
+// place (bfloat16 weights stay two bytes wide): dot products along W's rows, threaded over them.
+// For the quantized layers' input projection of a step or a few.
+template <typename W>
+void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
+                  float* C, int64_t ldc);
 
 // dst[j] = sum_i src[i * ld + j], summed in a fixed order (bitwise reproducible).
 template <typename T>

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace gru_native::cpu {
 
@@ -52,7 +53,8 @@ struct PackedGemm {
     }
   }
 
-  // B[k, c] = get(k, c) for k < K, c < Nc.
+  // B[k, c] = get(k, c) for k < K, c < Nc (converted to T: a half type's weights are packed
+  // into float panels).
   template <typename Get>
   void pack(int64_t K_, int64_t Nc_, const Get& get) {
     K = K_;
@@ -63,22 +65,23 @@ struct PackedGemm {
       T* panel = data_ + p * K * kNR;
       const int64_t c0 = p * kNR, nc = std::min(kNR, Nc - c0);
       for (int64_t k = 0; k < K; ++k) {
-        for (int64_t c = 0; c < nc; ++c) panel[k * kNR + c] = get(k, c0 + c);
+        for (int64_t c = 0; c < nc; ++c) panel[k * kNR + c] = static_cast<T>(get(k, c0 + c));
       }
     }
   }
 
   // B[k, c] = row(c)[k] for k < K, c < Nc: column c of B is a contiguous row of K elements
-  // (B = rows^T, e.g. a slice of W_hh^T). The panel's rows are read as kNR parallel streams,
-  // a cache line of each at a time.
+  // (B = rows^T, e.g. a slice of W_hh^T), of T or of a type converted to T. The panel's rows are
+  // read as kNR parallel streams, a cache line of each at a time.
   template <typename Row>
   void pack_rows(int64_t K_, int64_t Nc_, const Row& row) {
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(row(int64_t(0)))>>;
     K = K_;
     Nc = Nc_;
     view_ = nullptr;
     start_panels();
-    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
-    const T* rows[kNR];
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(S));
+    const S* rows[kNR];
     for (int64_t p = 0; p < panels(); ++p) {
       T* panel = data_ + p * K * kNR;
       const int64_t c0 = p * kNR, nc = std::min(kNR, Nc - c0);
@@ -86,8 +89,8 @@ struct PackedGemm {
       for (int64_t k0 = 0; k0 < K; k0 += kLine) {
         const int64_t k1 = std::min(K, k0 + kLine);
         for (int64_t c = 0; c < nc; ++c) {
-          const T* src = rows[c];
-          for (int64_t k = k0; k < k1; ++k) panel[k * kNR + c] = src[k];
+          const S* src = rows[c];
+          for (int64_t k = k0; k < k1; ++k) panel[k * kNR + c] = static_cast<T>(src[k]);
         }
       }
     }

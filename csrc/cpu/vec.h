@@ -1,7 +1,8 @@
 // vec.h: the CPU kernels' SIMD layer: at::vec's instruction set chosen to match the compiler's
 // target, the lane types a row of hidden units is processed in (whole vectors, a masked or scalar
-// tail), and the activations on them. Header-only, internal to kernels.cpp (an unnamed
-// namespace: include it from that file only).
+// tail), the conversions of the half types (bfloat16, float16) to and from the float lanes their
+// math runs in, and the activations on them. Header-only, internal to the CPU kernels' files (an
+// unnamed namespace: each includes it first).
 //
 // at::vec picks its implementation from CPU_CAPABILITY_*, which must be defined before its
 // headers are first read: include this file before any ATen header.
@@ -29,16 +30,79 @@
 #define GRU_NATIVE_VEC_ISA "DEFAULT"
 #endif
 
+#include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace gru_native::cpu {
 namespace {
 
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
+
+// The type an element type's math runs in: float for bfloat16 and float16 (converted on load,
+// rounded to nearest even on store), the type itself for float and double.
+template <typename T>
+using Math = at::opmath_type<T>;
+
+// A whole vector of Math<S> from p[0, Vec<Math<S>>::size()), and back.
+inline Vec<float> load_math(const float* p) { return Vec<float>::loadu(p); }
+inline Vec<double> load_math(const double* p) { return Vec<double>::loadu(p); }
+inline void store_math(float* p, const Vec<float>& v) { v.store(p); }
+inline void store_math(double* p, const Vec<double>& v) { v.store(p); }
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// A float vector's worth of 16-bit elements, and the F16C conversions of that width.
+#if defined(CPU_CAPABILITY_AVX512)
+#define GRU_NATIVE_F16C(op) _mm512_##op
+using FloatBits = __m512;
+using HalfWord = __m256i;
+#else
+#define GRU_NATIVE_F16C(op) _mm256_##op
+using FloatBits = __m256;
+using HalfWord = __m128i;
+#endif
+inline FloatBits half_to_float(HalfWord h) { return GRU_NATIVE_F16C(cvtph_ps)(h); }
+inline HalfWord float_to_half(FloatBits f) {
+  return GRU_NATIVE_F16C(cvtps_ph)(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#undef GRU_NATIVE_F16C
+inline HalfWord load_halfword(const void* p) {
+  HalfWord v;
+  std::memcpy(&v, p, sizeof(v));  // an unaligned vector load
+  return v;
+}
+inline void store_halfword(void* p, HalfWord v) { std::memcpy(p, &v, sizeof(v)); }
+inline Vec<float> load_math(const c10::BFloat16* p) {
+  FloatBits o;
+  at::vec::cvtbf16_fp32(load_halfword(p), o);
+  return o;
+}
+inline Vec<float> load_math(const c10::Half* p) { return half_to_float(load_halfword(p)); }
+inline void store_math(c10::BFloat16* p, const Vec<float>& v) {
+  store_halfword(p, at::vec::cvtfp32_bf16(FloatBits(v)));
+}
+inline void store_math(c10::Half* p, const Vec<float>& v) {
+  store_halfword(p, float_to_half(FloatBits(v)));
+}
+#else
+template <typename S, typename = std::enable_if_t<!std::is_same_v<S, Math<S>>>>
+inline Vec<float> load_math(const S* p) {
+  float buf[Vec<float>::size()];
+  for (int64_t i = 0; i < Vec<float>::size(); ++i) buf[i] = static_cast<float>(p[i]);
+  return Vec<float>::loadu(buf);
+}
+template <typename S, typename = std::enable_if_t<!std::is_same_v<S, Math<S>>>>
+inline void store_math(S* p, const Vec<float>& v) {
+  float buf[Vec<float>::size()];
+  v.store(buf);
+  for (int64_t i = 0; i < Vec<float>::size(); ++i) p[i] = static_cast<S>(buf[i]);
+}
+#endif
 
 // One scalar with the part of at::vec::Vectorized's interface the kernels use, so that the same
 // code handles the tail of a row that is shorter than a vector (a partial Vectorized load or
@@ -121,22 +185,64 @@ struct VecAct<ScalarLane<float>> {
   static inline V tanh(const V& x) { return V(fast_tanh(x.v)); }
 };
 
-// Lanes: how a block of consecutive units is loaded and stored. V is the value type the math
-// runs on. FullLane: a whole vector. MaskedLane: the last n < V::size() units of a row, with
-// masked loads and stores (AVX2, AVX512), so a row's tail takes the same vector path (and the
-// same math) as the rest. OneLane: one unit, on ScalarLane (the portable build's tail).
+// Lanes: how a block of consecutive units is loaded and stored. T is the math type (float or
+// double) and V the value type the math runs on; loads and stores take any element type whose
+// math type is T (a half type converts). FullLane: a whole vector. MaskedLane: the last
+// n < V::size() units of a row, with masked loads and stores (AVX2, AVX512; the half types
+// through a small buffer), so a row's tail takes the same vector path (and the same math) as the
+// rest. OneLane: one unit, on ScalarLane (the portable build's tail).
 template <typename T>
 struct FullLane {
   using V = Vec<T>;
-  V load(const T* p) const { return V::loadu(p); }
-  void store(T* p, const V& v) const { v.store(p); }
+  template <typename S>
+  V load(const S* p) const {
+    return load_math(p);
+  }
+  template <typename S>
+  void store(S* p, const V& v) const {
+    store_math(p, v);
+  }
 };
 
 template <typename T>
 struct OneLane {
   using V = ScalarLane<T>;
-  V load(const T* p) const { return V::loadu(p); }
-  void store(T* p, const V& v) const { v.store(p); }
+  template <typename S>
+  V load(const S* p) const {
+    return V(static_cast<T>(*p));
+  }
+  template <typename S>
+  void store(S* p, const V& v) const {
+    *p = static_cast<S>(v.v);
+  }
+};
+
+// The first n elements of a half type's vector through a buffer (AVX2 has no 16-bit masked
+// loads and stores): zeros past n on load, p[n, ...) untouched on store.
+template <typename S>
+inline Vec<float> load_first_half(const S* p, int64_t n) {
+  S buf[Vec<float>::size()] = {};
+  std::copy(p, p + n, buf);
+  return load_math(buf);
+}
+template <typename S>
+inline void store_first_half(S* p, const Vec<float>& v, int64_t n) {
+  S buf[Vec<float>::size()];
+  store_math(buf, v);
+  std::copy(buf, buf + n, p);
+}
+
+// The half types' loads and stores of a masked float lane of n units.
+struct HalfTail {
+  int64_t n;
+  template <typename S>
+  Vec<float> load(const S* p) const {
+    return load_first_half(p, n);
+  }
+  template <typename S>
+  void store(S* p, const Vec<float>& v) const {
+    store_first_half(p, v, n);
+  }
 };
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -144,12 +250,15 @@ constexpr bool kMaskedLanes = true;
 template <typename T>
 struct MaskedLane;
 template <>
-struct MaskedLane<float> {
+struct MaskedLane<float> : HalfTail {
   using V = Vec<float>;
   __m256i mask;
-  explicit MaskedLane(int64_t n)
-      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+  explicit MaskedLane(int64_t n_)
+      : HalfTail{n_},
+        mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n_)),
                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  using HalfTail::load;
+  using HalfTail::store;
   V load(const float* p) const { return V(_mm256_maskload_ps(p, mask)); }
   void store(float* p, const V& v) const { _mm256_maskstore_ps(p, mask, v); }
 };
@@ -167,10 +276,13 @@ constexpr bool kMaskedLanes = true;
 template <typename T>
 struct MaskedLane;
 template <>
-struct MaskedLane<float> {
+struct MaskedLane<float> : HalfTail {
   using V = Vec<float>;
   __mmask16 mask;
-  explicit MaskedLane(int64_t n) : mask(static_cast<__mmask16>((1u << n) - 1)) {}
+  explicit MaskedLane(int64_t n_)
+      : HalfTail{n_}, mask(static_cast<__mmask16>((1u << n_) - 1)) {}
+  using HalfTail::load;
+  using HalfTail::store;
   V load(const float* p) const { return V(_mm512_maskz_loadu_ps(mask, p)); }
   void store(float* p, const V& v) const { _mm512_mask_storeu_ps(p, mask, v); }
 };
@@ -202,10 +314,12 @@ inline void for_each_lane(int64_t width, const F& f) {
   }
 }
 
-// p[0, n) in a vector, zeros past n; n < Vec::size().
+// p[0, n) in a vector of Math<T>, zeros past n; n < Vec<Math<T>>::size().
 template <typename T>
-inline Vec<T> load_first(const T* p, int64_t n) {
-  if constexpr (kMaskedLanes) {
+inline Vec<Math<T>> load_first(const T* p, int64_t n) {
+  if constexpr (!std::is_same_v<T, Math<T>>) {
+    return load_first_half(p, n);
+  } else if constexpr (kMaskedLanes) {
     return MaskedLane<T>(n).load(p);
   } else {
     return Vec<T>::loadu(p, n);

@@ -1,0 +1,225 @@
+// quantized.cpp: the quantized GRU op on the CPU (quantized.h): argument checks, the input
+// projections (int8: activations quantized per row, qdot.h; bfloat16: dot products on the
+// weights in place for a few rows, else the float GEMM on the weights converted once), and the
+// layers' recurrence (kernels.cpp, forward_layer<float, W>). Inference only: nothing is saved.
+
+// First: it chooses at::vec's instruction set, for every ATen header after it.
+#include "cpu/vec.h"
+
+#include "cpu/quantized.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/host_cache.h"
+#include "cpu/kernels.h"
+#include "cpu/qdot.h"
+#include "gru_stack.h"
+
+namespace gru_native::cpu {
+namespace {
+
+// The int8 projection reads a block of W's rows (about this many bytes) from L2 for every few
+// rows of a block of kRowBlock rows of X.
+constexpr int64_t kWeightBlockBytes = 96 * 1024;
+constexpr int64_t kRowBlock = 64;
+// Below this many multiply-adds a projection runs on one thread.
+constexpr int64_t kParallelWork = 64 * 1024;
+// Up to this many rows the bfloat16 projection reads the weights in place (dot products).
+constexpr int64_t kFewRows = 8;
+
+// Rows [0, M) of x (row m at x + m * K) quantized per row into q (row m at q + m * ld) and
+// scale, on torch's threads.
+void quantize_rows(int64_t M, int64_t K, const float* x, int16_t* q, int64_t ld, float* scale) {
+  const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) scale[m] = quantize_row(K, x + m * K, q + m * ld);
+  });
+}
+
+// C[m, n] = (quantized row m of X) x (int8 row n of W [N, X.K], scale sw[n]), in blocks of
+// (W rows) x (X rows) spread over torch's threads; the sums are exact, so the bits do not depend
+// on the split.
+void project_int8(const QuantizedView& X, int64_t N, const int8_t* W, const float* sw, float* C,
+                  int64_t ldc) {
+  const int64_t K = X.K;
+  const int64_t w_rows = std::max<int64_t>(8, kWeightBlockBytes / std::max<int64_t>(K, 1) / 8 * 8);
+  const int64_t w_blocks = (N + w_rows - 1) / w_rows;
+  const int64_t x_blocks = (X.M + kRowBlock - 1) / kRowBlock;
+  const int64_t items = w_blocks * x_blocks;
+  // Items in W-block order: a thread's contiguous share reuses each W block over the rows of X.
+  const int64_t grain = X.M * N * K < kParallelWork ? items : 1;
+  at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n0 = (i / x_blocks) * w_rows, n1 = std::min(N, n0 + w_rows);
+      const int64_t m0 = (i % x_blocks) * kRowBlock, m1 = std::min(X.M, m0 + kRowBlock);
+      const QuantizedView rows{X.q + m0 * X.ld, X.scale + m0, m1 - m0, K, X.ld};
+      qdot_rows(rows, n1 - n0, [&](int64_t c) { return W + (n0 + c) * K; }, sw + n0,
+                C + m0 * ldc + n0, ldc);
+    }
+  });
+}
+
+// C[m, n] = x row m times bfloat16 row n of W [N, K].
+void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BFloat16* W,
+                  float* C, int64_t ldc) {
+  if (M <= kFewRows) return project_rows(M, N, K, x, K, W, C, ldc);
+  const at::Tensor w_float = cached_empty({N * K}, at::kFloat);
+  float* wf = w_float.data_ptr<float>();
+  at::parallel_for(0, N * K, 64 * 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) wf[i] = static_cast<float>(W[i]);
+  });
+  gemm<float>(M, N, K, MatRef<float>{x, K, 1}, MatRef<float>{wf, 1, K}, 0.0f, C, ldc, nullptr);
+}
+
+void check_tensor(const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape,
+                  const std::string& name) {
+  TORCH_CHECK(t.defined() && t.device().is_cpu() && t.scalar_type() == dtype &&
+                  t.sizes() == shape,
+              "gru_native: quantized_gru: ", name, " must be a ", dtype, " CPU tensor of shape ",
+              shape, ", got ",
+              t.defined() ? c10::str(t.scalar_type(), " on ", t.device(), " of shape ", t.sizes())
+                          : std::string("an undefined tensor"));
+}
+
+template <typename W>
+void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0,
+                const std::vector<at::Tensor>& w, at::TensorList scales, bool has_biases,
+                at::Tensor& output, at::Tensor& hy) {
+  constexpr bool kInt8 = std::is_same_v<W, int8_t>;
+  const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L, G = kGates * H;
+  const at::Tensor gi_all = cached_empty({D * R * G}, at::kFloat);
+  const int64_t n_lower = L > 1 ? std::min<int64_t>(L - 1, 2) : 0;
+  const at::Tensor lower_all = cached_empty({n_lower * R * D * H}, at::kFloat);
+  // int8: each layer's input quantized per row, once for both directions.
+  const int64_t ld = quant_padded(std::max(g.C, D * H));
+  const at::Tensor xq = cached_empty({kInt8 ? R * ld : 0}, at::kShort);
+  const at::Tensor xs = cached_empty({kInt8 ? R : 0}, at::kFloat);
+  const float* x = input.data_ptr<float>();
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t Cl = g.layer_input_size(l);
+    if constexpr (kInt8) quantize_rows(R, Cl, x, xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
+    ForwardParams<float, W> p;
+    p.steps = g.steps;
+    p.H = H;
+    p.D = static_cast<int>(D);
+    for (int64_t d = 0; d < D; ++d) {
+      float* gi = gi_all.data_ptr<float>() + d * R * G;
+      const W* w_ih = static_cast<const W*>(w[g.index(l, d, 0)].data_ptr());
+      if constexpr (kInt8) {
+        const QuantizedView rows{xq.data_ptr<int16_t>(), xs.data_ptr<float>(), R, Cl, ld};
+        project_int8(rows, G, w_ih, scales[(l * D + d) * 2].data_ptr<float>(), gi, G);
+        p.w_hh_scale[d] = scales[(l * D + d) * 2 + 1].data_ptr<float>();
+      } else {
+        project_bf16(R, G, Cl, x, w_ih, gi, G);
+      }
+      p.gi[d] = gi;
+      p.w_hh[d] = static_cast<const W*>(w[g.index(l, d, 1)].data_ptr());
+      p.b_ih[d] = has_biases ? w[g.index(l, d, 2)].data_ptr<float>() : nullptr;
+      p.b_hh[d] = has_biases ? w[g.index(l, d, 3)].data_ptr<float>() : nullptr;
+      p.h0[d] = h0.defined() ? h0.data_ptr<float>() + (l * D + d) * N * H : nullptr;
+      p.hy[d] = hy.data_ptr<float>() + (l * D + d) * N * H;
+    }
+    p.out = l == L - 1 ? output.data_ptr<float>()
+                       : lower_all.data_ptr<float>() + (l % 2) * R * D * H;
+    forward_layer<float, W>(p);
+    x = p.out;
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
+                                                 const std::optional<at::Tensor>& hx,
+                                                 at::TensorList weights, at::TensorList scales,
+                                                 const std::optional<at::Tensor>& batch_sizes,
+                                                 bool has_biases, int64_t num_layers,
+                                                 bool bidirectional) {
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat,
+              "gru_native: quantized_gru takes a float32 CPU input, got ", input.scalar_type(),
+              " on ", input.device());
+  if (!batch_sizes.has_value() && input.dim() == 3) {
+    TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  }
+  TORCH_CHECK(num_layers >= 1, "gru_native: num_layers must be at least 1, got ", num_layers);
+  Geometry g;
+  g.L = num_layers;
+  g.D = bidirectional ? 2 : 1;
+  g.P = has_biases ? 4 : 2;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == g.L * g.D * g.P,
+              "gru_native: quantized_gru: expected ", g.L * g.D * g.P, " weights, got ",
+              weights.size());
+  make_schedule(g, input, batch_sizes);
+  const at::Tensor& w_hh0 = weights[1];
+  TORCH_CHECK(w_hh0.dim() == 2 && w_hh0.size(1) > 0 && w_hh0.size(0) == kGates * w_hh0.size(1),
+              "gru_native: quantized_gru: weight_hh_l0 must have shape [3*hidden_size, "
+              "hidden_size], got ", w_hh0.sizes());
+  g.H = w_hh0.size(1);
+  const at::ScalarType wt = w_hh0.scalar_type();
+  TORCH_CHECK(wt == at::kChar || wt == at::kBFloat16,
+              "gru_native: quantized_gru: the weights must be int8 or bfloat16, got ", wt);
+  const bool int8 = wt == at::kChar;
+  const int64_t G = kGates * g.H;
+  std::vector<at::Tensor> w(weights.size());
+  for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
+    const int64_t kind = i % g.P, cols = kind == 1 ? g.H : g.layer_input_size(i / g.P / g.D);
+    if (kind < 2) {
+      check_tensor(weights[i], wt, {G, cols}, param_name(i, g.P, g.D));
+    } else {
+      check_tensor(weights[i], at::kFloat, {G}, param_name(i, g.P, g.D));
+    }
+    w[i] = weights[i].contiguous();
+  }
+  const int64_t n_scales = int8 ? g.L * g.D * 2 : 0;
+  TORCH_CHECK(static_cast<int64_t>(scales.size()) == n_scales, "gru_native: quantized_gru: ",
+              int8 ? "int8" : "bfloat16", " weights take ", n_scales, " scale tensors, got ",
+              scales.size());
+  for (int64_t i = 0; i < n_scales; ++i) {
+    check_tensor(scales[i], at::kFloat, {G},
+                 param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s scale");
+    TORCH_CHECK(scales[i].is_contiguous(), "gru_native: quantized_gru: scales must be contiguous");
+  }
+  const int64_t N = g.steps.N, R = g.steps.R, H = g.H, D = g.D;
+  at::Tensor h0;
+  if (hx.has_value()) {
+    check_tensor(*hx, at::kFloat, {g.L * D, N, H}, "hx");
+    h0 = hx->contiguous();
+  }
+  at::Tensor output = g.packed ? at::empty({R, D * H}, input.options())
+                               : at::empty({g.steps.T, N, D * H}, input.options());
+  at::Tensor hy = at::empty({g.L * D, N, H}, input.options());
+  if (N == 0) return {output, hy};
+  const at::Tensor x = input.contiguous();
+  if (int8) {
+    run_layers<int8_t>(g, x, h0, w, scales, has_biases, output, hy);
+  } else {
+    run_layers<c10::BFloat16>(g, x, h0, w, scales, has_biases, output, hy);
+  }
+  return {output, hy};
+}
+
+std::tuple<std::string, std::string, std::string> lowp_paths() {
+#if defined(CPU_CAPABILITY_AVX512)
+  const char* isa = "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  const char* isa = "AVX2";
+#else
+  const char* isa = nullptr;
+#endif
+  if (isa == nullptr) {
+    return {"converted to float elementwise, float math", "converted to float elementwise, float math",
+            qdot_isa()};
+  }
+  return {std::string(isa) + ": converted to float as loaded (vpmovzxwd, vpslld), float FMA",
+          std::string(isa) + " + F16C: vcvtph2ps / vcvtps2ph, float FMA", qdot_isa()};
+}
+
+}  // namespace gru_native::cpu
+
+TORCH_LIBRARY_IMPL(gru_native, CPU, m) {
+  m.impl("quantized_gru", &gru_native::cpu::quantized_gru);
+}

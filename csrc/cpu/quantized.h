@@ -1,0 +1,36 @@
+// quantized.h: the quantized GRU op's CPU implementation (gru_native::quantized_gru, inference
+// only): the whole stack forward with int8 or bfloat16 weights and float32 activations.
+// Shape legend: gru_cell.h.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace gru_native::cpu {
+
+// quantized_gru(input, hx, weights, scales, batch_sizes, has_biases, num_layers, bidirectional)
+//   -> (output, h_n)
+//   input    float32, [T, N, C] (dense) or [R, C] with batch_sizes [T] (packed)
+//   hx       float32 [L*D, N, H], or None for zeros
+//   weights  nn.GRU's _flat_weights order: per (layer, direction) w_ih [3H, C_l], w_hh [3H, H]
+//            (both int8, or both bfloat16, in every layer), then b_ih, b_hh float32 [3H] when
+//            has_biases
+//   scales   int8 weights: per (layer, direction) s_ih, s_hh float32 [3H], the per-output-channel
+//            scales (W = w * s[:, None]); bfloat16 weights: empty
+// The equations are nn.GRU's (linear before reset), in float32 but for the products with the
+// weights (int8: qdot.h; bfloat16: converted to float as read).
+std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
+                                                 const std::optional<at::Tensor>& hx,
+                                                 at::TensorList weights, at::TensorList scales,
+                                                 const std::optional<at::Tensor>& batch_sizes,
+                                                 bool has_biases, int64_t num_layers,
+                                                 bool bidirectional);
+
+// Which instructions each low-precision path runs on in this build, for build_info():
+// {"bfloat16": ..., "float16": ..., "int8": ...}.
+std::tuple<std::string, std::string, std::string> lowp_paths();
+
+}  // namespace gru_native::cpu
