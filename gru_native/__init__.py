@@ -11,8 +11,9 @@ from ._version import __version__
 from .convert import convert, to_torch
 from .gru import GRU, GRUCell
 from .ops import build_info, empty_cache, gru, gru_cell
+from .quantized import QuantizedGRU, QuantizedGRUCell, quantization_error, quantize
 
 __all__ = [
     "GRU", "GRUCell", "convert", "to_torch", "gru", "gru_cell", "build_info", "empty_cache",
-    "__version__",
+    "quantize", "quantization_error", "QuantizedGRU", "QuantizedGRUCell", "__version__",
 ]

@@ -8,6 +8,8 @@ and the one Autograd kernel there:
 - ``gru_native::gru_forward``: every layer and direction of the stack in one call. Returns the
   output, h_n, and what backward needs (the per-step gates and the lower layers' outputs).
 - ``gru_native::gru_backward``: the whole backward pass in one call.
+- ``gru_native::quantized_gru``: the quantized modules' forward (gru_native/quantized.py; CPU,
+  inference only: its autograd formula raises).
 """
 
 from __future__ import annotations
@@ -110,6 +112,30 @@ def _gru_backward_fake(
                else input.new_empty((0,)))
     grad_weights = [w.new_empty(w.shape) for w in weights] if need_weight_grad else []
     return grad_input, grad_hx, grad_weights
+
+
+@torch.library.register_fake("gru_native::quantized_gru")
+def _quantized_gru_fake(input, hx, weights, scales, batch_sizes, has_biases, num_layers,
+                        bidirectional):
+    D = 2 if bidirectional else 1
+    H = weights[1].size(1)
+    if batch_sizes is None:
+        torch._check(input.dim() == 3, lambda: "gru_native: dense input must be 3-D")
+        T, N = input.size(0), input.size(1)
+        output = input.new_empty((T, N, D * H))
+    else:
+        torch._check(hx is not None, lambda: "gru_native: packed input needs hx")
+        N = hx.size(1)
+        output = input.new_empty((input.size(0), D * H))
+    return output, input.new_empty((num_layers * D, N, H))
+
+
+def _quantized_gru_backward(ctx, grad_output, grad_hy):
+    raise RuntimeError("gru_native: the quantized GRU has no gradient (inference only): train the "
+                       "float32 gru_native.GRU it was made from and quantize it again")
+
+
+torch.library.register_autograd("gru_native::quantized_gru", _quantized_gru_backward)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ route          taken when                                                  runs
                  formula, and a custom op's autograd does not compose with
                  torch.func; nn.GRU's op does what nn.GRU does there);
                - no gru_native kernel for the input's device type and
-                 dtype in this build (e.g. float16 on the CPU);
+                 dtype in this build (e.g. complex64);
                - weights the fused kernels do not take (another shape or
                  dtype than nn.GRU's: the direct entry returns None)
 ``DIRECT``     plain eager (not compiling or tracing, no torch.func          ``_C.gru`` /
@@ -29,6 +29,9 @@ route          taken when                                                  runs
                                                                              the backend's kernel or
                                                                              the fake kernel
 =============  ==========================================================  =======================
+
+The quantized modules (gru_native/quantized.py) have their own op, with no torch op behind it:
+``quantized_route`` gives DIRECT in plain eager and DISPATCHER otherwise, by the same facts.
 
 The facts: the backends this build registered (``_C.backends()``: device type -> dtypes),
 torch's tracing / compiling / transform / dispatch-mode state, ``__torch_function__`` on the
@@ -47,8 +50,8 @@ import torch
 
 from . import _C
 
-__all__ = ["TORCH", "DIRECT", "DISPATCHER", "route", "has_kernel", "workspace_dtype",
-           "autocast_dtype", "BACKENDS"]
+__all__ = ["TORCH", "DIRECT", "DISPATCHER", "route", "quantized_route", "has_kernel",
+           "workspace_dtype", "autocast_dtype", "BACKENDS"]
 
 TORCH = "torch"
 DIRECT = "direct"
@@ -114,16 +117,29 @@ def _under_transform() -> bool:
     return _functorch_active() or _forward_ad._current_level >= 0
 
 
+def _not_plain_eager(tensors: tuple) -> bool:
+    """A dispatch mode, a tensor subclass with ``__torch_function__``, ``torch.jit.trace``, or a
+    torch.func transform (outside torch.compile)."""
+    return bool(_dispatch_stack_len() or _has_torch_function(tensors) or _tracing_state()
+                or _under_transform())
+
+
 def route(tensors: tuple, device_type: str, dtype: torch.dtype) -> str:
     """TORCH, DIRECT or DISPATCHER (the table above) for a call on `tensors` (every tensor
     argument; None allowed), whose input has this device type and dtype."""
     if _is_compiling():  # first: Dynamo folds it to True and traces nothing else here
         return TORCH if _in_onnx_export() or not has_kernel(device_type, dtype) else DISPATCHER
-    if (_dispatch_stack_len() or _has_torch_function(tensors) or _tracing_state()
-            or _under_transform()):
+    if _not_plain_eager(tensors):
         if _in_onnx_export() or _tracing_state() is not None or _under_transform():
             return TORCH
         return DISPATCHER if has_kernel(device_type, dtype) else TORCH
     if (device_type, dtype) in _DIRECT_KERNELS:
         return DIRECT
     return DISPATCHER if has_kernel(device_type, dtype) else TORCH
+
+
+def quantized_route(tensors: tuple) -> str:
+    """The quantized op's route (gru_native.quantized; CPU kernels only, no torch op to fall back
+    on): DIRECT (``_C.quantized_gru``) in plain eager, DISPATCHER
+    (``torch.ops.gru_native.quantized_gru``) otherwise, by the same facts as `route`."""
+    return DISPATCHER if _is_compiling() or _not_plain_eager(tensors) else DIRECT

@@ -149,86 +149,87 @@ class GRU(nn.RNNBase):
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
-        # The same steps, checks and messages as nn.GRU.forward, in the same order.
         traced = _fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
         self._update_flat_weights()
+        return sequence_call(self, input, hx, self._run)
 
-        orig_input = input
-        num_directions = 2 if self.bidirectional else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = batch_sizes[0]
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * num_directions,
-                    max_batch_size,
-                    self.hidden_size,
-                    dtype=input.dtype,
-                    device=input.device,
-                )
-            else:
-                # Each batch of the hidden state should match the input sequence that
-                # the user believes he/she is passing in.
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            batch_sizes = None
-            dim = input.dim()
-            if dim not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {dim}D instead")
-            is_batched = dim == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            else:
-                if hx is not None and hx.dim() != 3:
-                    raise RuntimeError(
-                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                    )
+    def _run(self, input: Tensor, hx: Optional[Tensor], batch_sizes: Optional[Tensor]):
+        return ops.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                       self.training, self.bidirectional, self.batch_first, batch_sizes,
+                       hidden_size=self.hidden_size)
 
-        if hx is None and self.proj_size == 0:
-            # nn.GRU creates zeros here and checks their (always right) size; the op takes None
-            # for zeros, which saves a tensor on the fast path.
-            self.check_input(input, batch_sizes)
-        else:
-            if hx is None:  # only with the proj_size quirk, whose check then fails as nn.GRU's
-                hx = torch.zeros(
-                    self.num_layers * num_directions,
-                    input.size(0) if self.batch_first else input.size(1),
-                    self.hidden_size,
-                    dtype=input.dtype,
-                    device=input.device,
-                )
-            self.check_forward_args(input, hx, batch_sizes)
-        output, hidden = ops.gru(
-            input,
-            hx,
-            self._flat_weights,
-            self.bias,
-            self.num_layers,
-            self.dropout,
-            self.training,
-            self.bidirectional,
-            self.batch_first,
-            batch_sizes,
-            hidden_size=self.hidden_size,
-        )
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(
-                output, batch_sizes, sorted_indices, unsorted_indices
+
+def sequence_call(module: nn.Module, input: Union[Tensor, PackedSequence],
+                  hx: Optional[Tensor], run):
+    """nn.GRU.forward's steps around its op, with its checks and messages, in its order, for any
+    module with nn.RNNBase's attributes and check methods (GRU, QuantizedGRU): PackedSequence
+    unpacked (hx permuted, or zeros), unbatched input given a batch dimension, the input and hx
+    checked; then ``run(input, hx, batch_sizes)`` -> (output, h_n) (hx None: zeros, dense input
+    only), and the output packed or unbatched again."""
+    orig_input = input
+    num_directions = 2 if module.bidirectional else 1
+    if isinstance(orig_input, PackedSequence):
+        input, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch_size = batch_sizes[0]
+        if hx is None:
+            hx = torch.zeros(
+                module.num_layers * num_directions,
+                max_batch_size,
+                module.hidden_size,
+                dtype=input.dtype,
+                device=input.device,
             )
-            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        else:
+            # Each batch of the hidden state should match the input sequence that
+            # the user believes he/she is passing in.
+            hx = module.permute_hidden(hx, sorted_indices)
+    else:
+        batch_sizes = None
+        dim = input.dim()
+        if dim not in (2, 3):
+            raise ValueError(f"GRU: Expected input to be 2D or 3D, got {dim}D instead")
+        is_batched = dim == 3
+        batch_dim = 0 if module.batch_first else 1
         if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, hidden
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                    )
+                hx = hx.unsqueeze(1)
+        else:
+            if hx is not None and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+
+    if hx is None and module.proj_size == 0:
+        # nn.GRU creates zeros here and checks their (always right) size; the op takes None
+        # for zeros, which saves a tensor on the fast path.
+        module.check_input(input, batch_sizes)
+    else:
+        if hx is None:  # only with the proj_size quirk, whose check then fails as nn.GRU's
+            hx = torch.zeros(
+                module.num_layers * num_directions,
+                input.size(0) if module.batch_first else input.size(1),
+                module.hidden_size,
+                dtype=input.dtype,
+                device=input.device,
+            )
+        module.check_forward_args(input, hx, batch_sizes)
+    output, hidden = run(input, hx, batch_sizes)
+    if isinstance(orig_input, PackedSequence):
+        output_packed = PackedSequence(
+            output, batch_sizes, sorted_indices, unsorted_indices
+        )
+        return output_packed, module.permute_hidden(hidden, unsorted_indices)
+    if not is_batched:
+        output = output.squeeze(batch_dim)
+        hidden = hidden.squeeze(1)
+    return output, hidden
 
 
 class GRUCell(nn.RNNCellBase):
@@ -254,38 +255,46 @@ class GRUCell(nn.RNNCellBase):
                          dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        # nn.GRUCell.forward's steps and messages.
         traced = _fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
-        if input.dim() not in (1, 2):
-            raise ValueError(
-                f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead"
-            )
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(
-                f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead"
-            )
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(
-                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
-            )
-        else:
-            hx = hx.unsqueeze(0) if not is_batched else hx
+        return cell_call(self, input, hx, self._run)
+
+    def _run(self, input: Tensor, hx: Tensor) -> Tensor:
         params = self._parameters
         if ("weight_ih" in params and "weight_hh" in params and "bias_ih" in params
                 and "bias_hh" in params):
             # The parameters as self.weight_ih etc. would return them (nn.Module.__getattr__
             # costs more than a small cell); a parametrized weight is no longer in
             # _parameters and goes through the attribute.
-            ret = ops.gru_cell(input, hx, params["weight_ih"], params["weight_hh"],
-                               params["bias_ih"], params["bias_hh"])
-        else:
-            ret = ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                               self.bias_hh)
-        if not is_batched:
-            ret = ret.squeeze(0)
-        return ret
+            return ops.gru_cell(input, hx, params["weight_ih"], params["weight_hh"],
+                                params["bias_ih"], params["bias_hh"])
+        return ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                            self.bias_hh)
+
+
+def cell_call(module: nn.Module, input: Tensor, hx: Optional[Tensor], run) -> Tensor:
+    """nn.GRUCell.forward's steps around its op, with its messages (GRUCell, QuantizedGRUCell):
+    1-D input given a batch dimension, hx zeros when None; then ``run(input, hx)`` -> h' and
+    the batch dimension dropped again."""
+    if input.dim() not in (1, 2):
+        raise ValueError(
+            f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead"
+        )
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(
+            f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead"
+        )
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = torch.zeros(
+            input.size(0), module.hidden_size, dtype=input.dtype, device=input.device
+        )
+    else:
+        hx = hx.unsqueeze(0) if not is_batched else hx
+    ret = run(input, hx)
+    if not is_batched:
+        ret = ret.squeeze(0)
+    return ret
