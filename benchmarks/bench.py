@@ -25,6 +25,7 @@ Step-wise groups (instead of the canonical shapes; --modes, --device, --dtype, -
     python benchmarks/bench.py --group generate       # word_language_model generation loop
     python benchmarks/bench.py --group all-stepwise   # stepwise, then generate (not sweep)
     python benchmarks/bench.py --group phases         # per-phase rates beside the best GEMMs
+    python benchmarks/bench.py --group lowp           # bf16 / int8 inference beside their peers
     python benchmarks/bench.py --group stepwise --quick --budget 0.02 --min-rounds 2 --max-rounds 3
 
 stepwise: nn.GRUCell vs gru_native.GRUCell (N 1,8,64 x H 64,256,1024, C = H), then nn.GRU vs
@@ -41,14 +42,17 @@ words per timed round; the whole loop with nn.GRU and with gru_native.GRU (the s
 weights otherwise), and the GRU's share (only the rnn calls, timed inside the loop). phases
 (benchmarks/phases.py; --shapes picks the dense shapes): per phase of a training step, its time
 and rate in gru_native's op beside the rate of the same products through ATen's mm, gru_native's
-GEMM and (when installed) OpenVINO's oneDNN MatMul, and op / best.
+GEMM and (when installed) OpenVINO's oneDNN MatMul, and op / best. lowp (benchmarks/lowp.py;
+--shapes picks its shapes by name): inference with gru_native in float32, bfloat16, bfloat16
+weights and int8 weights beside nn.GRU in bfloat16, torch.ao's dynamic int8 GRU and OpenVINO at
+its default precision, each with its error against a float64 nn.GRU.
 """
 
 # The modules that do the work, each with one job: shapes.py (the shapes), harness.py (cases,
 # runners, interleaved medians, the header, Markdown and JSON), peers.py (optional peers such as
 # ONNX Runtime, OpenVINO), canonical.py (the table of shapes), plots.py (--plot), stepwise.py
-# (--group stepwise and sweep), generate.py (--group generate), phases.py (--group phases). This
-# file is the command line only.
+# (--group stepwise and sweep), generate.py (--group generate), phases.py (--group phases),
+# lowp.py (--group lowp). This file is the command line only.
 
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ import canonical
 import plots
 from generate import generate
 from harness import start_run, write_json
+from lowp import lowp
 from phases import phases
 from shapes import ALL_SHAPES, MODES, by_names, gpu_grid
 from stepwise import grid_sweep, stepwise
@@ -74,8 +79,10 @@ GROUPS = {
     "generate": ("generate",),
     "all-stepwise": ("stepwise", "generate"),
     "phases": ("phases",),
+    "lowp": ("lowp",),
 }
-PARTS = {"stepwise": stepwise, "sweep": grid_sweep, "generate": generate, "phases": phases}
+PARTS = {"stepwise": stepwise, "sweep": grid_sweep, "generate": generate, "phases": phases,
+         "lowp": lowp}
 
 
 def run_group(args) -> int:
@@ -126,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
                         "T=1/2/4, with the weight floor), sweep (T x N x H grid, nn.GRU vs "
                         "gru_native), generate (word-language-model generation loop), "
                         "all-stepwise (stepwise, then generate), phases (per-phase rates "
-                        "beside the best GEMMs for the same products)")
+                        "beside the best GEMMs for the same products), lowp (bf16 and int8 "
+                        "inference beside the low-precision peers, with errors)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: shrink the --group grids (N 1,8; H 64; T 1,2) and "
                         "generate 10 tokens per round")

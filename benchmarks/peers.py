@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -42,23 +42,23 @@ class Peer:
 _reported = set()
 
 
+def installed(peer: Peer) -> bool:
+    """Whether peer's modules are installed; the first time one is missing, a line on stderr
+    says so."""
+    missing = peer.missing()
+    if missing and peer.name not in _reported:
+        _reported.add(peer.name)
+        print(f"# peer {peer.name} skipped: {', '.join(missing)} not installed "
+              f"({peer.install})", file=sys.stderr)
+    return not missing
+
+
 def peer_runners(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor], mode: str,
                  device: str, dtype: torch.dtype) -> Dict[str, Runner]:
     """name -> runner for every peer in PEERS that applies to this dense case and is installed;
     the first time a peer that applies is missing, a line on stderr says so."""
-    runners = {}
-    for peer in PEERS:
-        if not peer.applies(mode, device, dtype):
-            continue
-        missing = peer.missing()
-        if missing:
-            if peer.name not in _reported:
-                _reported.add(peer.name)
-                print(f"# peer {peer.name} skipped: {', '.join(missing)} not installed "
-                      f"({peer.install})", file=sys.stderr)
-            continue
-        runners[peer.name] = peer.build(ref, x, hx)
-    return runners
+    return {peer.name: peer.build(ref, x, hx) for peer in PEERS
+            if peer.applies(mode, device, dtype) and installed(peer)}
 
 
 # -- ONNX Runtime's GRU operator ------------------------------------------------------------------
@@ -164,9 +164,17 @@ def _check_against(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor], out
 
 def openvino_runner(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor] = None,
                     precision: Optional[str] = "f32") -> Runner:
+    """OpenVINO running ref on x: openvino_session's runner."""
+    return openvino_session(ref, x, hx, precision)[0]
+
+
+def openvino_session(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor] = None,
+                     precision: Optional[str] = "f32") -> Tuple[Runner, Callable[[], object]]:
     """OpenVINO running ref on x (the ONNX graph of onnx_gru_model, read by OpenVINO and compiled
     for the CPU on torch's thread count, one stream; precision: its INFERENCE_PRECISION_HINT, or
-    None for its default, bf16 on CPUs that have it), checked against ref first (at f32)."""
+    None for its default, bf16 on CPUs that have it), checked against ref first (at f32).
+    Returns (run, output): run() one inference, output() its output (numpy) and the precision
+    it ran at."""
     import os
     import tempfile
 
@@ -195,7 +203,10 @@ def openvino_runner(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor] = N
 
     def run():
         request.infer(feed)
-    return run
+
+    def output():
+        return request.infer(feed)["output"], str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return run, output
 
 
 PEERS = [
