@@ -115,7 +115,7 @@ def run_shape(shape: Shape, args) -> dict:
     if not cell and installed(next(p for p in PEERS if p.name == OPENVINO)):
         run, output = openvino_session(models[F32], x, hx, precision=None)
         result, precision = output()
-        name = f"{OPENVINO_DEFAULT} ({precision})"
+        name = f"{OPENVINO_DEFAULT} ({precision.replace('<Type: ', '').strip('>')})"
         runners[name] = run
         outputs[name] = torch.from_numpy(result).double()
 
@@ -151,8 +151,9 @@ def lowp(args, dtype: torch.dtype) -> List[dict]:
                 else shape.describe())
         print(f"{shape.name} ({dims}):")
         for name, r in rows.items():
-            print(f"  {name:<24} {fmt_fine(r['median_s']):>9}  {r['x_vs_f32']:5.2f}x  "
-                  f"err {r['max_abs']:.1e} / {r['rms']:.1e}  rounds {r['rounds']}", flush=True)
+            print(f"  {name:<34} {fmt_fine(r['median_s']):>9} (min {fmt_fine(r['min_s']):>9})"
+                  f"  {r['x_vs_f32']:5.2f}x  err {r['max_abs']:.1e} / {r['rms']:.1e}"
+                  f"  rounds {r['rounds']}", flush=True)
         out.append({"shape": shape.name, "dims": dims, "results": rows})
     print(f"# load average at end: {os.getloadavg()[0]:.2f}")
     return out

@@ -7,9 +7,9 @@
 // stored as int16, zero-padded to a multiple of kQuantAlign. A weight row is int8, |w| <= 127,
 // standing for w * sw (sw: the row's scale, per output channel). An output is
 //   float(sum_k q[k] * w[k]) * (s * sw),
-// the sum exact in integers: vpmaddwd on AVX2 (pairs of int16 products into int32 lanes, lanes
-// then added in int64), vpdpwssd where the build's target has AVX-VNNI or AVX512-VNNI (the same
-// sums), plain loops in a portable build. Being exact, it does not depend on the order, the
+// the sum exact in integers: vpmaddwd on AVX2 (pairs of int16 products into int32 lanes, added
+// across lanes per block of kQuantBlockK k, the blocks in double), vpdpwssd where the build's
+// target has AVX-VNNI or AVX512-VNNI (the same sums), plain loops in a portable build. Being exact, it does not depend on the order, the
 // tiling or the threads.
 //
 // Why 12 bits and not 8: the activations' rounding error (at most 1/4094 of their row's largest
@@ -38,9 +38,8 @@ namespace {
 
 constexpr int kQuantMax = 2047;       // |q| <= 2047: 12 bits
 constexpr int64_t kQuantAlign = 16;   // int16 elements per vector
-// Each int32 lane sums K / 16 pairs of products of at most 2047 * 127: exact below 2^31 while
-// K < 66,085.
-constexpr int64_t kQuantMaxK = 65536;
+// The largest K (input or hidden features) a row may have: far below what the exact sums allow.
+constexpr int64_t kQuantMaxK = int64_t(1) << 24;
 
 inline int64_t quant_padded(int64_t K) { return (K + kQuantAlign - 1) / kQuantAlign * kQuantAlign; }
 
@@ -149,69 +148,78 @@ inline __m256i qdot_accumulate(__m256i acc, __m256i a, __m256i w) {
 #endif
 }
 
-inline int64_t qdot_lanes_sum(__m256i v) {
-  int32_t lanes[8];
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), v);
-  int64_t sum = 0;
-  for (int32_t l : lanes) sum += l;
-  return sum;
+// Lane l of the result: the sum of v[l]'s eight lanes (integer sums: any order is exact).
+inline __m256i qdot_lane_sums(const __m256i* v) {
+  const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),
+                                       _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]),
+                                       _mm256_hadd_epi32(v[6], v[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20),
+                          _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 #endif
 
-// out[i * ldo + j] = float(dot(a[i], w[j])) * (sa[i] * sw[j]) for i < RB, j < CB; a rows
-// quantized (padded), w rows int8 of K elements.
+// Products summed exactly in int32 lanes over at most this many k (|sum| <= 8192 * 2047 * 127
+// < 2^31), then in double (exact to 2^53).
+constexpr int64_t kQuantBlockK = 8192;
+
+// out[i * ldo + j] = float(dot(a[i], w[j])) * (sa[i] * sw[j]) for i < RB, j < CB (RB * CB <= 8);
+// a rows quantized (padded), w rows int8 of K elements.
 template <int RB, int CB>
 inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
                       const int8_t* const* w, const float* sw, float* out, int64_t ldo) {
-  int64_t sums[RB][CB];
+  static_assert(RB * CB <= 8, "one vector of sums");
+  float sums[8] = {};
 #if defined(__AVX2__)
-  __m256i acc[RB][CB];
+  __m256d total_lo = _mm256_setzero_pd(), total_hi = _mm256_setzero_pd();
+  for (int64_t k0 = 0; k0 < K; k0 += kQuantBlockK) {
+    const int64_t k1 = std::min(K, k0 + kQuantBlockK);
+    __m256i acc[8];
 #pragma GCC unroll 8
-  for (int i = 0; i < RB; ++i) {
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_si256();
+    auto step = [&](int64_t k, const __m256i* wv) {
 #pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) acc[i][j] = _mm256_setzero_si256();
-  }
-  auto step = [&](int64_t k, const __m256i* wv) {
+      for (int i = 0; i < RB; ++i) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i] + k));
 #pragma GCC unroll 8
-    for (int i = 0; i < RB; ++i) {
-      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i] + k));
+        for (int j = 0; j < CB; ++j) acc[i * CB + j] = qdot_accumulate(acc[i * CB + j], av, wv[j]);
+      }
+    };
+    __m256i wv[CB];
+    int64_t k = k0;
+    for (; k + kQuantAlign <= k1; k += kQuantAlign) {
 #pragma GCC unroll 8
-      for (int j = 0; j < CB; ++j) acc[i][j] = qdot_accumulate(acc[i][j], av, wv[j]);
+      for (int j = 0; j < CB; ++j) {
+        wv[j] = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j] + k)));
+      }
+      step(k, wv);
     }
-  };
-  __m256i wv[CB];
-  int64_t k = 0;
-  for (; k + kQuantAlign <= K; k += kQuantAlign) {
-#pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) {
-      wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j] + k)));
+    if (k < k1) {  // the rows of w end here: their last elements through a zeroed buffer
+      for (int j = 0; j < CB; ++j) {
+        int8_t tail[kQuantAlign] = {};
+        std::memcpy(tail, w[j] + k, static_cast<size_t>(k1 - k));
+        wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail)));
+      }
+      step(k, wv);
     }
-    step(k, wv);
+    const __m256i block = qdot_lane_sums(acc);
+    total_lo = _mm256_add_pd(total_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(block)));
+    total_hi = _mm256_add_pd(total_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(block, 1)));
   }
-  if (k < K) {  // the rows of w end here: their last elements through a zeroed buffer
-    for (int j = 0; j < CB; ++j) {
-      int8_t tail[kQuantAlign] = {};
-      std::memcpy(tail, w[j] + k, static_cast<size_t>(K - k));
-      wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail)));
-    }
-    step(k, wv);
-  }
-  for (int i = 0; i < RB; ++i) {
-    for (int j = 0; j < CB; ++j) sums[i][j] = qdot_lanes_sum(acc[i][j]);
-  }
+  _mm_storeu_ps(sums, _mm256_cvtpd_ps(total_lo));
+  _mm_storeu_ps(sums + 4, _mm256_cvtpd_ps(total_hi));
 #else
   for (int i = 0; i < RB; ++i) {
     for (int j = 0; j < CB; ++j) {
       int64_t sum = 0;
       for (int64_t k = 0; k < K; ++k) sum += int32_t(a[i][k]) * int32_t(w[j][k]);
-      sums[i][j] = sum;
+      sums[i * CB + j] = static_cast<float>(sum);
     }
   }
 #endif
   for (int i = 0; i < RB; ++i) {
-    for (int j = 0; j < CB; ++j) {
-      out[i * ldo + j] = static_cast<float>(sums[i][j]) * (sa[i] * sw[j]);
-    }
+    for (int j = 0; j < CB; ++j) out[i * ldo + j] = sums[i * CB + j] * (sa[i] * sw[j]);
   }
 }
 
