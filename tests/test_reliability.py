@@ -267,6 +267,54 @@ def test_bitwise_identical_across_thread_counts(bidirectional, threads, per_grou
         assert torch.equal(a, b)
 
 
+# (T, N, C, H, layers, bidirectional): the products of every size class (the plain loops, the
+# few-rows dot products, the packed GEMM, tile and block edges), packed-sized batches of one and
+# two rows, and a shape where torch's BLAS gave other bits at two threads on an AMD CPU.
+THREAD_GRID = [(5, 1, 64, 300, 1, False), (5, 2, 64, 300, 1, False), (3, 9, 20, 33, 1, True),
+               (12, 16, 40, 96, 2, True), (7, 37, 130, 70, 2, False), (20, 64, 256, 512, 1, False),
+               (2, 100, 600, 257, 1, True)]
+
+
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' threads")
+@pytest.mark.parametrize("shape", THREAD_GRID, ids=lambda s: "-".join(map(str, s)))
+def test_bits_do_not_depend_on_threads_over_a_grid(shape):
+    T, N, C, H, L, bi = shape
+    torch.manual_seed(0)
+    m = gru_native.GRU(C, H, L, bidirectional=bi)
+    x = torch.randn(T, N, C, requires_grad=True)
+    h0 = torch.randn(L * (2 if bi else 1), N, H, requires_grad=True)
+
+    def run():
+        out, h = m(x, h0)
+        grads = torch.autograd.grad(out.pow(2).sum() + h.sum(), [x, h0] + list(m.parameters()))
+        return [out, h, *grads]
+
+    expected, _ = with_threads(1, run)
+    for threads in (2, 3, 4):
+        got, _ = with_threads(threads, run)
+        for a, b in zip(expected, got):
+            assert torch.equal(a, b), threads
+
+
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' threads")
+@pytest.mark.parametrize("N, C, H", [(1, 70, 300), (9, 64, 300), (64, 512, 1024)])
+def test_cell_bits_do_not_depend_on_threads(N, C, H):
+    torch.manual_seed(0)
+    cell = gru_native.GRUCell(C, H)
+    x = torch.randn(N, C, requires_grad=True)
+    h = torch.randn(N, H, requires_grad=True)
+
+    def run():
+        out = cell(x, h)
+        return [out, *torch.autograd.grad(out.pow(2).sum(), [x, h] + list(cell.parameters()))]
+
+    expected, _ = with_threads(1, run)
+    for threads in (2, 3, 4):
+        got, _ = with_threads(threads, run)
+        for a, b in zip(expected, got):
+            assert torch.equal(a, b), threads
+
+
 # -- memory ----------------------------------------------------------------------------------
 
 def _rss_mib():
