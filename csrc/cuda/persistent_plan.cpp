@@ -58,10 +58,11 @@ DeviceFacts facts_of(int device) {
 
 // Blocks of `kernel` with `smem` bytes of dynamic shared memory resident on one multiprocessor of
 // `device` (0 where the runtime refuses the queries).
-template <typename F>
-int resident_blocks(int device, F* kernel, size_t smem, int max_smem) {
+// (The runtime's C entry points, which take the kernel as a const void*: its C++ overloads for
+// kernel pointers are declared only under nvcc, and this file is host C++.)
+int resident_blocks(int device, const void* kernel, size_t smem, int max_smem) {
   const std::lock_guard<std::mutex> lock(facts_mutex);
-  const ResidencyKey key(device, reinterpret_cast<const void*>(kernel), smem);
+  const ResidencyKey key(device, kernel, smem);
   const auto known = residency().find(key);
   if (known != residency().end()) return known->second;
   ++runtime_queries;
@@ -114,7 +115,8 @@ PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int d
   const size_t smem = persistent_smem<T>(backward, kt, passes, chunk);
   PersistentKernel<T> kernel = persistent_kernel<T>(backward, kt);
   if (kernel == nullptr ||
-      static_cast<int64_t>(resident_blocks(device, kernel, smem, dev.max_smem)) * dev.sms <
+      static_cast<int64_t>(resident_blocks(device, reinterpret_cast<const void*>(kernel), smem,
+                                           dev.max_smem)) * dev.sms <
           blocks * D) {
     return plan;
   }
