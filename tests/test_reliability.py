@@ -535,3 +535,23 @@ def test_autograd_features_give_nn_grus_gradients(feature):
     ref, ours = results
     for a, b in zip(ours, ref):
         assert_close(a, b, feature, dtype=torch.float64)
+
+
+def test_a_hung_test_fails_fast_with_its_traceback(tmp_path):
+    # The per-test time limit of tests/conftest.py: a test that hangs (here it sleeps) is cut off
+    # after GRU_NATIVE_TEST_TIMEOUT seconds with every thread's traceback, and the run fails.
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(os.path.join(os.path.dirname(__file__), "conftest.py"), tmp_path)
+    (tmp_path / "test_hang.py").write_text(
+        "import time\n\n\ndef test_hangs_in_here():\n    time.sleep(600)\n")
+    env = dict(os.environ, GRU_NATIVE_TEST_TIMEOUT="3")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_hang.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "Timeout" in run.stderr and "test_hangs_in_here" in run.stderr, run.stderr
