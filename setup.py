@@ -109,7 +109,8 @@ def get_extensions():
         # csrc/cpu stays (the kernels' activations, the host cache).
         emu = os.path.join("csrc", "cuda", "emulation")
         emu_sources = [s for s in sources if os.path.basename(s) != "gru_cpu.cpp"] + [
-            os.path.join("csrc", "cuda", "gru_cuda.cpp")
+            os.path.join("csrc", "cuda", name) for name in (
+                "gru_cuda.cpp", "persistent_plan.cpp", "launch_record.cpp", "introspect_cuda.cpp")
         ] + sorted(glob.glob(os.path.join(emu, "*.cpp")))
         kwargs = common()
         kwargs["include_dirs"] = [os.path.join(ROOT, emu, "include")] + kwargs["include_dirs"]

@@ -12,6 +12,9 @@
 #include "cpu/host_cache.h"
 #include "cpu/quantized.h"
 #include "introspect.h"
+#if defined(GRU_NATIVE_WITH_CUDA) || defined(GRU_NATIVE_CUDA_EMULATION)
+#include "cuda/gru_cuda.h"
+#endif
 
 TORCH_LIBRARY(gru_native, m) {
   // The whole stack (all layers, both directions, dropout between layers) in one call.
@@ -74,4 +77,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_empty_cache", &gn::cpu::release_cached_blocks,
         "Frees the cached host blocks no tensor uses; returns the bytes released");
   m.def("_cached_bytes", &gn::cpu::cached_bytes, "Bytes held by free cached blocks");
+#if defined(GRU_NATIVE_WITH_CUDA) || defined(GRU_NATIVE_CUDA_EMULATION)
+  gn::add_cuda_introspection(m);
+#endif
 }

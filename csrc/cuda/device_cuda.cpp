@@ -84,25 +84,25 @@ Operand as_column_major(const MatRef<T>& x, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-template <typename T>
+template <typename T, typename TC>
 void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t stride_a,
-          MatRef<T> B, int64_t stride_b, float beta, T* C, int64_t ldc, int64_t stride_c) {
+          MatRef<T> B, int64_t stride_b, float beta, TC* C, int64_t ldc, int64_t stride_c) {
   if (batch == 0 || M == 0 || N == 0) return;
   using Op = at::opmath_type<T>;
   if (K == 0) {  // C = beta C
     TORCH_INTERNAL_ASSERT(beta == 0.0f || beta == 1.0f);
     if (beta == 0.0f) {
       for (int64_t b = 0; b < batch; ++b) {
-        C10_CUDA_CHECK(cudaMemset2DAsync(C + b * stride_c, ldc * sizeof(T), 0, N * sizeof(T), M,
-                                         stream()));
+        C10_CUDA_CHECK(cudaMemset2DAsync(C + b * stride_c, ldc * sizeof(TC), 0, N * sizeof(TC),
+                                         M, stream()));
       }
     }
     return;
   }
   // Row-major C = A B is column-major C^T = B^T A^T.
   const Operand a = as_column_major(A, M, K), b = as_column_major(B, K, N);
-  at::cuda::blas::bgemm<T>(b.op, a.op, N, M, K, Op(1), B.p, b.ld, stride_b, A.p, a.ld, stride_a,
-                           Op(beta), C, ldc, stride_c, batch);
+  at::cuda::blas::bgemm<T, TC>(b.op, a.op, N, M, K, Op(1), B.p, b.ld, stride_b, A.p, a.ld,
+                               stride_a, Op(beta), C, ldc, stride_c, batch);
 }
 
 #define GRU_NATIVE_INSTANTIATE(T)                                                           \
@@ -113,6 +113,12 @@ GRU_NATIVE_INSTANTIATE(double)
 GRU_NATIVE_INSTANTIATE(at::Half)
 GRU_NATIVE_INSTANTIATE(at::BFloat16)
 #undef GRU_NATIVE_INSTANTIATE
+// dL/dh in float for the half types (gru_cuda.cpp).
+template void gemm<at::Half, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::Half>, int64_t,
+                                    MatRef<at::Half>, int64_t, float, float*, int64_t, int64_t);
+template void gemm<at::BFloat16, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::BFloat16>,
+                                        int64_t, MatRef<at::BFloat16>, int64_t, float, float*,
+                                        int64_t, int64_t);
 
 }  // namespace gru_native::device
 

@@ -81,22 +81,22 @@ A dot(const A* a, const A* b, int64_t K) {
 
 }  // namespace
 
-template <typename T>
+template <typename T, typename TC>
 void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t stride_a,
-          MatRef<T> B, int64_t stride_b, float beta, T* C, int64_t ldc, int64_t stride_c) {
+          MatRef<T> B, int64_t stride_b, float beta, TC* C, int64_t ldc, int64_t stride_c) {
   using Op = Acc<T>;
   std::vector<Op> bt(static_cast<size_t>(N * K)), row(static_cast<size_t>(K));
   for (int64_t b = 0; b < batch; ++b) {
     const T* a = A.p + b * stride_a;
     const T* bp = B.p + b * stride_b;
-    T* c = C + b * stride_c;
+    TC* c = C + b * stride_c;
     for (int64_t n = 0; n < N; ++n) gather(bp + n * B.cs, B.rs, K, bt.data() + n * K);
     for (int64_t m = 0; m < M; ++m) {
       gather(a + m * A.rs, A.cs, K, row.data());
       for (int64_t n = 0; n < N; ++n) {
         Op v = dot(row.data(), bt.data() + n * K, K);
         if (beta != 0.0f) v += static_cast<Op>(beta) * static_cast<Op>(c[m * ldc + n]);
-        c[m * ldc + n] = static_cast<T>(v);
+        c[m * ldc + n] = static_cast<TC>(v);
       }
     }
   }
@@ -110,6 +110,11 @@ GRU_NATIVE_INSTANTIATE(double)
 GRU_NATIVE_INSTANTIATE(at::Half)
 GRU_NATIVE_INSTANTIATE(at::BFloat16)
 #undef GRU_NATIVE_INSTANTIATE
+template void gemm<at::Half, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::Half>, int64_t,
+                                    MatRef<at::Half>, int64_t, float, float*, int64_t, int64_t);
+template void gemm<at::BFloat16, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::BFloat16>,
+                                        int64_t, MatRef<at::BFloat16>, int64_t, float, float*,
+                                        int64_t, int64_t);
 
 }  // namespace gru_native::device
 
