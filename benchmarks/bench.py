@@ -122,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also write the table as Markdown (with device, date, command)")
     p.add_argument("--budget", type=float, default=3.0,
                    help="seconds of timing per shape and mode (default 3)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or this process's CPU time (all its threads; --device cpu "
+                        "only): steadier on a machine shared with other work")
     p.add_argument("--min-rounds", type=int, default=5)
     p.add_argument("--max-rounds", type=int, default=500)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")

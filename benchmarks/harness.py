@@ -29,6 +29,11 @@ from shapes import Shape
 REFERENCE = "nn.GRU"
 OURS = "gru_native"
 CUDA_PATHS = ("gemm", "persistent")
+# The clock of measure(): wall time, or with --clock cpu the CPU time of this process (every
+# thread of it: a peer's worker threads count too). On a machine shared with other work, CPU
+# time leaves out the time spent waiting for a core; the CPU only.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
 
 
 @dataclass
@@ -139,20 +144,20 @@ def measure(case: Case, device: str, budget_s: float, min_rounds: int,
     for name in names:  # warm-up (first calls allocate, fill caches)
         for _ in range(2):
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             case.fns[name]()
             sync(device)
-            first[name] = time.perf_counter() - start
+            first[name] = clock() - start
     per_round = sum(first.values())
     rounds = int(max(min_rounds, min(max_rounds, budget_s / max(per_round, 1e-9))))
     samples: Dict[str, List[float]] = {n: [] for n in names}
     for _ in range(rounds):
         for name in names:
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             case.fns[name]()
             sync(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {n: {"median_s": statistics.median(s), "min_s": min(s), "rounds": len(s)}
             for n, s in samples.items()}
 
@@ -177,8 +182,13 @@ def command_line() -> str:
 
 
 def start_run(args) -> str:
-    """TF32 off on CUDA, then the header lines (versions, device, dtype, machine, date,
-    command); returns the machine's description."""
+    """TF32 off on CUDA, the clock, then the header lines (versions, device, dtype, machine,
+    date, command, clock); returns the machine's description."""
+    global clock
+    name = getattr(args, "clock", "wall")
+    if name == "cpu" and not args.device.startswith("cpu"):
+        raise SystemExit("--clock cpu times CPU work only: use --clock wall with --device cuda")
+    clock = CLOCKS[name]
     if args.device.startswith("cuda"):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -186,7 +196,8 @@ def start_run(args) -> str:
     print(f"# gru_native {gru_native.__version__} vs torch.nn.GRU (torch {torch.__version__}), "
           f"{args.device}, {args.dtype}; {machine}")
     print(f"# {time.strftime('%Y-%m-%d')}; command: {command_line()}")
-    print("# each cell: median time (peer median / gru_native median)")
+    print("# each cell: median time (peer median / gru_native median)"
+          + ("; times are this process's CPU time (--clock cpu)" if name == "cpu" else ""))
     return machine
 
 
