@@ -8,6 +8,7 @@ workers' rounds too, as a check that the two processes see the same machine (its
 should be near 1).
 
     python benchmarks/ab.py BEFORE_TREE AFTER_TREE [--cases canonical,stepwise] [--rounds 15]
+                            [--clock cpu]
 
 Each tree must hold a gru_native/_C built for this Python and torch (`python setup.py
 build_ext --inplace` in it). Cases: the canonical dense shapes (inference, training) and the
@@ -23,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 CANONICAL = [("seed", 9, 3, 5, 5, 1, False), ("seed-2L-bi", 9, 3, 5, 5, 2, True),
              ("small", 100, 32, 64, 64, 1, False), ("medium-2L-bi", 100, 32, 256, 256, 2, True),
@@ -87,7 +90,7 @@ def _runner(spec, impl):
     return run
 
 
-def worker():
+def worker(clock):
     runners = {}
     for line in sys.stdin:
         msg = json.loads(line)
@@ -97,18 +100,19 @@ def worker():
         fn = runners[key]
         times = []
         for _ in range(msg["calls"]):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         print(json.dumps(times), flush=True)
 
 
 # -- the controller -------------------------------------------------------------------------------
 
 class Worker:
-    def __init__(self, tree):
+    def __init__(self, tree, clock):
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"],
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+                                      clock],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env, cwd=os.path.abspath(tree))
 
@@ -130,14 +134,20 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per case and implementation, at most (rounds shrink to fit)")
+    p.add_argument("--match", default="",
+                   help="only the cases whose name contains this text (e.g. 'H=1024')")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall time, or each worker's CPU time (steadier on a shared machine)")
     args = p.parse_args()
-    a, b = Worker(args.before), Worker(args.after)
+    a, b = Worker(args.before, args.clock), Worker(args.after, args.clock)
     print(f"# A = {args.before}, B = {args.after}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"command: python {' '.join(sys.argv)}")
     print(f"{'case':<24} {'mode':<9} | {'A ours':>10} {'B ours':>10} {'A/B':>6} | "
           f"{'nn.GRU A/B':>10}")
     ratios = []
     for spec in cases(args.cases.split(",")):
+        if args.match not in spec["name"]:
+            continue
         for w in (a, b):  # warm-up, and the size of a call
             w.time(spec, "nn", 2)
             first = w.time(spec, "ours", 2)[-1]
@@ -160,6 +170,6 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker()
+        worker(CLOCKS[sys.argv[2]])
     else:
         sys.exit(main())

@@ -10,7 +10,7 @@ import torch
 import gru_native
 from gru_native import _C
 
-from _util import TOLERANCES, with_threads
+from _util import TOLERANCES, assert_close, make_pair, with_threads
 
 # (M, N, K): single elements, tile edges (rows of 6 or 12, columns of two vectors), blocks of K
 # (256) and of rows, and the ops' shapes in small.
@@ -97,3 +97,35 @@ def test_gemm_bits_do_not_depend_on_threads(shape, threads):
     tm, tn = plan["gemm"]
     assert tm * tn == threads  # C was cut into one part per thread
     assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(gru_native.build_info()["cuda_emulation"], reason="the CPU kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T, N", [(1, 1), (2, 3), (1, 8)])
+def test_step_products_of_few_rows_and_long_k(T, N, dtype):
+    """The products the backend takes other routes for: d(input) = dG W_ih with T*N <= 8 rows
+    (W_ih streamed in place, few_rows_gemm) and the per-step h W_hh^T with K = H > 256 (the
+    panels' groups over all of K): output, h_n and every gradient against nn.GRU in float64, and
+    the same bits at 1 and 3 threads."""
+    C, H = 700, 300
+    ref, ours = make_pair(C, H, dtype=torch.float64)
+    ours = ours.to(dtype)
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    h0 = torch.randn(1, N, H, dtype=torch.float64)
+
+    def run(module, dt):
+        module.zero_grad()
+        xi = x.to(dt).detach().clone().requires_grad_()
+        hi = h0.to(dt).detach().clone().requires_grad_()
+        out, hn = module(xi, hi)
+        (out.square().sum() + hn.sum()).backward()
+        return [out, hn, xi.grad, hi.grad] + [p.grad for p in module.parameters()]
+
+    want = run(ref, torch.float64)
+    got, _ = with_threads(1, lambda: run(ours, dtype))
+    names = ["output", "h_n", "d input", "d h0"] + [n for n, _ in ours.named_parameters()]
+    for name, g, w in zip(names, got, want):
+        assert_close(g, w, name, dtype=dtype)
+    again, _ = with_threads(3, lambda: run(ours, dtype))
+    for name, g, a in zip(names, got, again):
+        assert torch.equal(g, a), name

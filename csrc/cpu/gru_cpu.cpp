@@ -21,8 +21,9 @@ struct CpuBackend {
   static constexpr int64_t kSmallGemm = 32 * 1024;
   // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
   // run as dot products along W_ih's rows, threaded: nothing packed (benchmarks/NOTES.md,
-  // step-wise calls).
-  static constexpr int64_t kFewRows = 8;
+  // step-wise calls); times a row-major one (d(input) = dG W_ih of a step), as rows of W_ih
+  // streamed once (few_rows_gemm).
+  static constexpr int64_t kFewRows = cpu::kFewRowsMax;
 
   // Tensors of one device: nothing to guard.
   struct Guard {
@@ -63,6 +64,8 @@ struct CpuBackend {
     const bool few_rows_transposed = M <= kFewRows && B.rs == 1 && A.cs == 1 && beta == T(0);
     if (M * N * K <= kSmallGemm || few_rows_transposed) {
       cpu::small_gemm(M, N, K, A, B, beta, C, ldc, bias);
+    } else if (M <= kFewRows && B.cs == 1) {
+      cpu::few_rows_gemm(M, N, K, A, B, beta, C, ldc, bias);
     } else {
       cpu::gemm(M, N, K, A, B, beta, C, ldc, bias);
     }

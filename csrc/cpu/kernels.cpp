@@ -485,6 +485,62 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
   }
 }
 
+constexpr int64_t kFewRowsAccBytes = 16 * 1024;
+
+template <typename T>
+void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+                   int64_t ldc, const T* bias) {
+  using acc_t = Math<T>;
+  TORCH_CHECK(M <= kFewRowsMax && B.cs == 1, "gru_native: few_rows_gemm: M ", M, ", B.cs ", B.cs);
+  if (M <= 0 || N <= 0) return;
+  // A task owns `chunk` columns of C: its M x chunk accumulators (at most 16 KB) stay in L1
+  // while B's rows stream past, each row's part read once, in order: as long a part as fits
+  // (whole rows for one row of A), but at least one part per thread. The sums do not depend on
+  // the parts.
+  constexpr int64_t kAlign = 64;
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  int64_t chunk = std::max<int64_t>(kAlign, kFewRowsAccBytes / static_cast<int64_t>(sizeof(acc_t)) / M
+                                                / kAlign * kAlign);
+  chunk = std::min(chunk, (N + threads - 1) / threads + kAlign - 1) / kAlign * kAlign;
+  chunk = std::max(chunk, kAlign);
+  const int64_t chunks = (N + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
+    alignas(64) acc_t acc[kFewRowsAccBytes / sizeof(acc_t)];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n0 = q * chunk, nc = std::min(chunk, N - n0);
+      // The order of small_gemm's: (beta C + bias), then the products in k order.
+      for (int64_t m = 0; m < M; ++m) {
+        const T* c = C + m * ldc + n0;
+        acc_t* r = acc + m * chunk;
+        for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+          using V = typename std::decay_t<decltype(lane)>::V;
+          V v = beta == T(0) ? V(acc_t(0)) : lane.load(c + n);
+          if (bias) v = v + lane.load(bias + n0 + n);
+          lane.store(r + n, v);
+        });
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const T* b = B.p + k * B.rs + n0;
+        for (int64_t m = 0; m < M; ++m) {
+          acc_t* r = acc + m * chunk;
+          const acc_t a = static_cast<acc_t>(A.p[m * A.rs + k * A.cs]);
+          for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+            using V = typename std::decay_t<decltype(lane)>::V;
+            lane.store(r + n, lane.load(r + n) + V(a) * lane.load(b + n));
+          });
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        T* c = C + m * ldc + n0;
+        const acc_t* r = acc + m * chunk;
+        for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+          lane.store(c + n, lane.load(r + n));
+        });
+      }
+    }
+  });
+}
+
 template <typename T>
 void multiply(int64_t n, const T* a, const T* b, T* out) {
   for_each_lane<Math<T>>(n, [&](const auto& lane, int64_t i) {
@@ -536,6 +592,8 @@ const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
   template void backward_layer<T>(const BackwardParams<T>&);                               \
   template void small_gemm<T>(int64_t, int64_t, int64_t, MatRef<T>, MatRef<T>, T, T*, int64_t, \
                               const T*);                                                   \
+  template void few_rows_gemm<T>(int64_t, int64_t, int64_t, MatRef<T>, MatRef<T>, T, T*,      \
+                                 int64_t, const T*);                                       \
   template void column_sum<T>(int64_t, int64_t, const T*, int64_t, T*);                    \
   template void multiply<T>(int64_t, const T*, const T*, T*);
 GRU_NATIVE_INSTANTIATE(float)

@@ -35,6 +35,14 @@ template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias);
 
+// small_gemm's product (the same sums in the same order) for a few rows (M <= kFewRowsMax) of A
+// times a large row-major B (unit column stride: d(input) = dG W_ih of a step): B read once, in
+// place, row after row, threaded over C's columns (packing B would cost more than the product).
+constexpr int64_t kFewRowsMax = 8;
+template <typename T>
+void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
+                   int64_t ldc, const T* bias);
+
 // C[M, N] = x W^T for a few rows of x (M small), W [N, K] row-major of element type W read in
 // place (bfloat16 weights stay two bytes wide): dot products along W's rows, threaded over them.
 // For the quantized layers' input projection of a step or a few.

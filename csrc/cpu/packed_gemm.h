@@ -131,6 +131,23 @@ struct PackedGemm {
       if (full > 0) sets[n_sets++] = {view_, view_ld_, kNR, full, 0};
       if (full < Nc) sets[n_sets++] = {data_, kNR, K * kNR, Nc - full, full};
     }
+    if (M <= kMC && K > kKC && M * K * static_cast<int64_t>(sizeof(T)) <= kResidentA) {
+      // All of A stays in L2: each group of panels runs over all K blocks in turn, so that its
+      // columns of C stay in L1 between blocks instead of going out to L3 and back once per
+      // block (C = M x Nc can be far larger than L2). The same sums in the same order as below.
+      for (int i = 0; i < n_sets; ++i) {
+        const Panels& P = sets[i];
+        for (int64_t p0 = 0; p0 < P.count(); p0 += kGroup) {
+          const Panels group{P.b + p0 * P.stride, P.ld, P.stride,
+                             std::min(kGroup * kNR, P.Nc - p0 * kNR), P.c0 + p0 * kNR};
+          for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+            run_block(group, M, A + k0, lda, k0, std::min(kKC, K - k0), C + group.c0, ldc,
+                      accumulate || k0 > 0);
+          }
+        }
+      }
+      return;
+    }
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       const int64_t kc = std::min(kKC, K - k0);
       // Blocks of kMC rows: the rows' K block stays in L2 while the panels stream past.
@@ -145,6 +162,10 @@ struct PackedGemm {
 
  private:
   static constexpr int64_t kMC = 32 * kMR;  // rows per block
+  // A of at most this many bytes is taken to stay in L2 over a whole product; panels in groups
+  // of kGroup (the rows' tiles of a group of panels: at most kMC x 4 panels of C, in L1/L2).
+  static constexpr int64_t kResidentA = 256 * 1024;
+  static constexpr int64_t kGroup = 4;
 
   at::Tensor storage_;  // the panels' block
   T* data_ = nullptr;
