@@ -61,15 +61,15 @@ __device__ __forceinline__ typename Acc<T>::type load_cg(const T* p) {
   return to_acc(__ldcg(p));  // float, double: CUDA's __ldcg is volatile asm
 }
 // CUDA's 16-bit __ldcg overloads are asm without volatile or a memory clobber, which the compiler
-// may hoist above grid.sync(): this one is pinned in place. (Off the GPU, in the emulation, a plain
-// load: its barriers order memory.)
+// may hoist above grid.sync(): this one is pinned in place. (Off the GPU, in the emulation, its
+// __ldcg.)
 __device__ __forceinline__ unsigned short load_cg_u16(const void* p) {
 #ifdef __CUDA_ARCH__
   unsigned short u;
   asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
   return u;
 #else
-  return *static_cast<const unsigned short*>(p);
+  return __ldcg(static_cast<const unsigned short*>(p));
 #endif
 }
 template <>
