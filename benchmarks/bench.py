@@ -24,6 +24,7 @@ Step-wise groups (instead of the canonical shapes; --modes, --device, --dtype, -
     python benchmarks/bench.py --group sweep          # T 1,2,8,64 x N 1,8,64 x H 64,256,1024
     python benchmarks/bench.py --group generate       # word_language_model generation loop
     python benchmarks/bench.py --group all-stepwise   # stepwise, then generate (not sweep)
+    python benchmarks/bench.py --group phases         # per-phase rates beside the best GEMMs
     python benchmarks/bench.py --group stepwise --quick --budget 0.02 --min-rounds 2 --max-rounds 3
 
 stepwise: nn.GRUCell vs gru_native.GRUCell (N 1,8,64 x H 64,256,1024, C = H), then nn.GRU vs
@@ -37,13 +38,17 @@ the worst ratio and the counts of points below 1.0x and 1.2x. generate: an Embed
 650) -> 2-layer GRU(650) -> Linear(650, 10000) word model in eval, N=1, one word per call with
 the hidden state carried, the next word sampled by torch.multinomial (seeded), --tokens (50)
 words per timed round; the whole loop with nn.GRU and with gru_native.GRU (the same model and
-weights otherwise), and the GRU's share (only the rnn calls, timed inside the loop).
+weights otherwise), and the GRU's share (only the rnn calls, timed inside the loop). phases
+(benchmarks/phases.py; --shapes picks the dense shapes): per phase of a training step, its time
+and rate in gru_native's op beside the rate of the same products through ATen's mm, gru_native's
+GEMM and (when installed) OpenVINO's oneDNN MatMul, and op / best.
 """
 
 # The modules that do the work, each with one job: shapes.py (the shapes), harness.py (cases,
 # runners, interleaved medians, the header, Markdown and JSON), peers.py (optional peers such as
-# ONNX Runtime), canonical.py (the table of shapes), plots.py (--plot), stepwise.py (--group
-# stepwise and sweep), generate.py (--group generate). This file is the command line only.
+# ONNX Runtime, OpenVINO), canonical.py (the table of shapes), plots.py (--plot), stepwise.py
+# (--group stepwise and sweep), generate.py (--group generate), phases.py (--group phases). This
+# file is the command line only.
 
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ import canonical
 import plots
 from generate import generate
 from harness import start_run, write_json
+from phases import phases
 from shapes import ALL_SHAPES, MODES, by_names, gpu_grid
 from stepwise import grid_sweep, stepwise
 
@@ -67,8 +73,9 @@ GROUPS = {
     "sweep": ("sweep",),
     "generate": ("generate",),
     "all-stepwise": ("stepwise", "generate"),
+    "phases": ("phases",),
 }
-PARTS = {"stepwise": stepwise, "sweep": grid_sweep, "generate": generate}
+PARTS = {"stepwise": stepwise, "sweep": grid_sweep, "generate": generate, "phases": phases}
 
 
 def run_group(args) -> int:
@@ -118,7 +125,8 @@ def parser() -> argparse.ArgumentParser:
                    help="instead of the canonical shapes: stepwise (GRUCell, and GRU at "
                         "T=1/2/4, with the weight floor), sweep (T x N x H grid, nn.GRU vs "
                         "gru_native), generate (word-language-model generation loop), "
-                        "all-stepwise (stepwise, then generate)")
+                        "all-stepwise (stepwise, then generate), phases (per-phase rates "
+                        "beside the best GEMMs for the same products)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: shrink the --group grids (N 1,8; H 64; T 1,2) and "
                         "generate 10 tokens per round")

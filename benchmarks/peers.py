@@ -5,8 +5,10 @@ it applies (mode, device, dtype) and how to build its runner from nn.GRU's weigh
 modules are missing is left out, with one line on stderr saying so (the tables on stdout are those
 of a run without it). A new peer is one more entry in PEERS.
 
-ONNX Runtime's GRU operator is the one peer today: dense float32 inference on the CPU, its output
-checked against nn.GRU's before it is timed.
+Today: ONNX Runtime's GRU operator and OpenVINO's (the same ONNX graph, compiled by OpenVINO for
+the CPU with INFERENCE_PRECISION_HINT f32, so that it computes in float32 like the others), for
+dense float32 inference on the CPU; each one's output is checked against nn.GRU's before it is
+timed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 ORT = "onnxruntime"
+OPENVINO = "OpenVINO f32"
 
 Runner = Callable[[], None]
 
@@ -141,15 +144,57 @@ def onnxruntime_runner(ref: nn.GRU, x: torch.Tensor,
     if hx is not None:
         feed["H0"] = hx.numpy()
     out, h_n = session.run(None, feed)
+    _check_against(ref, x, hx, out, h_n, "ONNX Runtime")
+
+    def run():
+        session.run(None, feed)
+    return run
+
+
+def _check_against(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor], out, h_n,
+                   who: str) -> None:
+    """Raises unless (out, h_n) (numpy arrays) are nn.GRU's within float32 rounding."""
     with torch.no_grad():
         ref_out, ref_h = ref(x) if hx is None else ref(x, hx)
     err = max((torch.from_numpy(out) - ref_out).abs().max().item(),
               (torch.from_numpy(h_n) - ref_h).abs().max().item())
     if not err < 1e-4:
-        raise RuntimeError(f"ONNX Runtime's GRU disagrees with nn.GRU: max |diff| {err:.2e}")
+        raise RuntimeError(f"{who}'s GRU disagrees with nn.GRU: max |diff| {err:.2e}")
+
+
+def openvino_runner(ref: nn.GRU, x: torch.Tensor, hx: Optional[torch.Tensor] = None,
+                    precision: Optional[str] = "f32") -> Runner:
+    """OpenVINO running ref on x (the ONNX graph of onnx_gru_model, read by OpenVINO and compiled
+    for the CPU on torch's thread count, one stream; precision: its INFERENCE_PRECISION_HINT, or
+    None for its default, bf16 on CPUs that have it), checked against ref first (at f32)."""
+    import os
+    import tempfile
+
+    import openvino as ov
+
+    model = onnx_gru_model(ref, x.shape[0], x.shape[1], with_h0=hx is not None)
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gru.onnx")
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        ov_model = core.read_model(path)
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+    feed = {"X": x.numpy()}
+    if hx is not None:
+        feed["H0"] = hx.numpy()
+    result = request.infer(feed)
+    if precision == "f32":
+        _check_against(ref, x, hx, result[compiled.output("output")],
+                       result[compiled.output("h_n")], "OpenVINO")
 
     def run():
-        session.run(None, feed)
+        request.infer(feed)
     return run
 
 
@@ -158,4 +203,8 @@ PEERS = [
          applies=lambda mode, device, dtype: (mode == "inference" and device == "cpu"
                                               and dtype == torch.float32),
          build=onnxruntime_runner),
+    Peer(OPENVINO, requires=("onnx", "openvino"), install="pip install onnx openvino",
+         applies=lambda mode, device, dtype: (mode == "inference" and device == "cpu"
+                                              and dtype == torch.float32),
+         build=openvino_runner),
 ]

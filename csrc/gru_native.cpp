@@ -11,6 +11,9 @@
 #include "autograd.h"
 #include "cpu/host_cache.h"
 #include "introspect.h"
+#if defined(GRU_NATIVE_WITH_CUDA) || defined(GRU_NATIVE_CUDA_EMULATION)
+#include "cuda/gru_cuda.h"
+#endif
 
 TORCH_LIBRARY(gru_native, m) {
   // The whole stack (all layers, both directions, dropout between layers) in one call.
@@ -44,7 +47,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backends", &gn::backends, "The registered backends: (device, name, dtypes, workspace)");
   m.def("_cpu_activations", &gn::cpu_activations,
         "The CPU kernels' (sigmoid, tanh) of a 1-D tensor, for accuracy tests");
+  m.def("_cpu_last_thread_plans", &gn::cpu_last_thread_plans,
+        "The CPU kernels' thread plan of the calling thread's last layer, for tests");
+  m.def("_cpu_gemm", &gn::cpu_gemm, no_gil, pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("c"), pybind11::arg("accumulate") = false,
+        pybind11::arg("bias") = std::nullopt,
+        "c = a b (+ c) (+ bias) through the CPU backend's GEMM, for tests and benchmarks");
+  m.def("_set_phase_timing", &gn::set_phase_timing,
+        "Per-phase timing of the ops on or off (csrc/phases.h); the totals restart");
+  m.def("_phase_totals", &gn::phase_totals,
+        "{phase: (calls, seconds, multiply-adds)} since the timing was last switched");
   m.def("_empty_cache", &gn::cpu::release_cached_blocks,
         "Frees the cached host blocks no tensor uses; returns the bytes released");
   m.def("_cached_bytes", &gn::cpu::cached_bytes, "Bytes held by free cached blocks");
+#if defined(GRU_NATIVE_WITH_CUDA) || defined(GRU_NATIVE_CUDA_EMULATION)
+  gn::add_cuda_introspection(m);
+#endif
 }

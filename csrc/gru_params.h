@@ -39,7 +39,8 @@ struct StepSchedule {
 // finishes at t = 0.
 //   rows [0, n_from_out):    h_{t-1} of row b is row prev_offset + b of the layer output (the
 //                            direction's own columns), the previous step's h;
-//   rows [n_from_out, N_t):  h_{t-1} is the row's own h0 (packed semantics, SPEC 1.5);
+//   rows [n_from_out, N_t):  h_{t-1} is the row's own h0 (nn.GRU's packed
+//                            semantics: a sequence starts from its own h0 row);
 //   rows [finish_from, N_t): this is the row's last step in the direction's order: h_t is h_n.
 struct StepRows {
   int64_t prev_offset;  // the previous step's first row in the layer output, -1 when none
@@ -69,7 +70,7 @@ GRU_HOST_DEVICE StepRows step_rows(const int64_t* batch_sizes, const int64_t* of
 }
 
 // One layer, all its directions, forward. Direction 0 runs t = 0..T-1, direction 1 (reverse)
-// runs t = T-1..0; every row starts from its own h0 row (packed semantics, SPEC 1.5).
+// runs t = T-1..0; every row starts from its own h0 row (nn.GRU's packed semantics).
 // ws_t is the workspace's element type: scalar_t, or float for the half types on the GPU.
 template <typename scalar_t, typename ws_t = scalar_t>
 struct LayerForwardParams {

@@ -20,8 +20,10 @@
 //                                                h_n, gradients): an ordinary tensor
 //   workspace_dtype(dtype)                       the saved gates' dtype for this input dtype
 //   Workspace<T>::type                           its C++ type
-// and does all its work on the current device and stream of the tensors it is given. The
-// backend's entry points (Entries<Backend>) and their registration are in backend.h.
+// and does all its work on the current device and stream of the tensors it is given; optionally
+//   synchronize()                        waits for the backend's queued work (phases.h: the
+//                                        phases are timed for backends that have it)
+// The backend's entry points (Entries<Backend>) and their registration are in backend.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,6 +35,7 @@
 
 #include "gru_cell.h"
 #include "gru_params.h"
+#include "phases.h"
 
 namespace gru_native {
 
@@ -138,6 +141,7 @@ struct Stack {
       T* lower = ptr<T>(scratch);
       T* xdrop = lower + n_lower * R * D * H;
       const T* x = ptr<T>(x0);
+      using Phase = phases::Scope<Backend>;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t Cl = g.layer_input_size(l);
         LayerForwardParams<T, W> p;
@@ -148,9 +152,12 @@ struct Stack {
           // gi = x W_ih^T for all steps at once: A = x [R, Cl], B(k=c, n=g) = W_ih[g, c]. The
           // kernels add b_ih on the fly (one pass less over [R, 3H]).
           T* gi_d = gi + d * R * kGates * H;
-          Backend::template gemm<T>(R, kGates * H, Cl, MatRef<T>{x, Cl, 1},
-                                    MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), 1, Cl}, T(0), gi_d,
-                                    kGates * H, nullptr);
+          {
+            const Phase timed(phases::kInputProjection, double(R) * kGates * H * Cl);
+            Backend::template gemm<T>(R, kGates * H, Cl, MatRef<T>{x, Cl, 1},
+                                      MatRef<T>{ptr<T>(w[g.index(l, d, 0)]), 1, Cl}, T(0), gi_d,
+                                      kGates * H, nullptr);
+          }
           p.gi[d] = gi_d;
           p.b_ih[d] = has_biases ? ptr<T>(w[g.index(l, d, 2)]) : nullptr;
           p.w_hh[d] = ptr<T>(w[g.index(l, d, 1)]);
@@ -167,10 +174,14 @@ struct Stack {
         } else {
           p.out = lower + (l % 2) * R * D * H;
         }
-        Backend::template forward_layer<T>(p);
+        {
+          const Phase timed(phases::kForwardRecurrence, double(D) * R * kGates * H * H);
+          Backend::template forward_layer<T>(p);
+        }
         if (l < L - 1) {
           x = p.out;
           if (masked) {
+            const Phase timed(phases::kDropout, 0);
             Backend::template multiply<T>(R * D * H, p.out, ptr<T>(mask) + l * R * D * H, xdrop);
             x = xdrop;
           }
@@ -241,6 +252,7 @@ struct Stack {
       T* xdrop = dlower + lower_rows;
       const T* dout = ptr<T>(dout_top);
       const int64_t ldg = kGradGates * H;
+      using Phase = phases::Scope<Backend>;
       for (int64_t l = L - 1; l >= 0; --l) {
         const int64_t Cl = g.layer_input_size(l);
         LayerBackwardParams<T, W> p;
@@ -258,7 +270,12 @@ struct Stack {
           p.dg[d] = dg + d * R * ldg;
           p.hp[d] = hp + d * R * H;
         }
-        Backend::template backward_layer<T>(p);
+        {
+          // (Without dL/dh0 the first step's product is skipped.)
+          const double rows = need_hx_grad ? R : R - N;
+          const Phase timed(phases::kBackwardRecurrence, double(D) * rows * kGates * H * H);
+          Backend::template backward_layer<T>(p);
+        }
 
         const bool need_dx = l > 0 || need_input_grad;
         if (!need_weight_grad && !need_dx) continue;
@@ -267,6 +284,7 @@ struct Stack {
         if (l > 0) {
           x = ptr<T>(lower_c) + (l - 1) * R * D * H;
           if (masked) {
+            const Phase timed(phases::kDropout, 0);
             Backend::template multiply<T>(R * D * H, x, ptr<T>(mask) + (l - 1) * R * D * H,
                                           xdrop);
             x = xdrop;
@@ -281,16 +299,24 @@ struct Stack {
           const T* w_ih = ptr<T>(w[g.index(l, d, 0)]);
           if (need_weight_grad) {
             T* dw_ih = ptr<T>(grad_weights[g.index(l, d, 0)]);
-            // dW_hh = dG_h^T h_{t-1} (dG_h = the first three blocks, contiguous).
-            Backend::template gemm<T>(G, H, R, MatRef<T>{dg_rz, 1, ldg},
-                                      MatRef<T>{p.hp[d], H, 1}, T(0),
-                                      ptr<T>(grad_weights[g.index(l, d, 1)]), H, nullptr);
-            // dW_ih = dG_i^T x: rows r, z from [d_r | d_z], rows n from d_n.
-            Backend::template gemm<T>(2 * H, Cl, R, MatRef<T>{dg_rz, 1, ldg},
-                                      MatRef<T>{x, Cl, 1}, T(0), dw_ih, Cl, nullptr);
-            Backend::template gemm<T>(H, Cl, R, MatRef<T>{dg_in, 1, ldg}, MatRef<T>{x, Cl, 1},
-                                      T(0), dw_ih + 2 * H * Cl, Cl, nullptr);
+            {
+              // dW_hh = dG_h^T h_{t-1} (dG_h = the first three blocks, contiguous).
+              const Phase timed(phases::kWeightGradHH, double(G) * H * R);
+              Backend::template gemm<T>(G, H, R, MatRef<T>{dg_rz, 1, ldg},
+                                        MatRef<T>{p.hp[d], H, 1}, T(0),
+                                        ptr<T>(grad_weights[g.index(l, d, 1)]), H, nullptr);
+            }
+            {
+              // dW_ih = dG_i^T x: rows r, z from [d_r | d_z], rows n from d_n.
+              const Phase timed(phases::kWeightGradIH, double(G) * Cl * R);
+              Backend::template gemm<T>(2 * H, Cl, R, MatRef<T>{dg_rz, 1, ldg},
+                                        MatRef<T>{x, Cl, 1}, T(0), dw_ih, Cl, nullptr);
+              Backend::template gemm<T>(H, Cl, R, MatRef<T>{dg_in, 1, ldg},
+                                        MatRef<T>{x, Cl, 1}, T(0), dw_ih + 2 * H * Cl, Cl,
+                                        nullptr);
+            }
             if (has_biases) {
+              const Phase timed(phases::kBiasGrad, 0);
               T* db_ih = ptr<T>(grad_weights[g.index(l, d, 2)]);
               Backend::template column_sum<T>(R, 2 * H, dg_rz, ldg, db_ih);
               Backend::template column_sum<T>(R, H, dg_in, ldg, db_ih + 2 * H);
@@ -299,6 +325,7 @@ struct Stack {
             }
           }
           if (need_dx) {
+            const Phase timed(phases::kInputGrad, double(R) * Cl * G);
             // d(input) = sum over directions of dG_i W_ih.
             Backend::template gemm<T>(R, Cl, 2 * H, MatRef<T>{dg_rz, ldg, 1},
                                       MatRef<T>{w_ih, Cl, 1}, d == 0 ? T(0) : T(1), dx, Cl,
@@ -310,6 +337,7 @@ struct Stack {
         }
         if (l > 0) {
           if (masked) {
+            const Phase timed(phases::kDropout, 0);
             Backend::template multiply<T>(R * D * H, dx, ptr<T>(mask) + (l - 1) * R * D * H,
                                           dx);
           }

@@ -1,4 +1,5 @@
-// introspect.cpp: build facts, the registered backends, the CPU activations (introspect.h).
+// introspect.cpp: build facts, the registered backends, the CPU activations and thread plans
+// (introspect.h).
 #include "introspect.h"
 
 #include <ATen/Dispatch.h>
@@ -7,7 +8,9 @@
 #include <string>
 
 #include "backend.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "phases.h"
 
 // setup.py passes build facts as hex-encoded preprocessor numbers (0x<hex of the text>).
 #define GRU_NATIVE_STR_(x) #x
@@ -91,6 +94,52 @@ std::tuple<at::Tensor, at::Tensor> cpu_activations(const at::Tensor& x) {
                                tanh.data_ptr<scalar_t>());
   });
   return {sig, tanh};
+}
+
+void cpu_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
+              const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.device().is_cpu() && a.dim() == 2 && b.dim() == 2 && c.dim() == 2 &&
+                  a.size(1) == b.size(0) && c.size(0) == a.size(0) && c.size(1) == b.size(1) &&
+                  (c.size(1) <= 1 || c.stride(1) == 1) && a.scalar_type() == b.scalar_type() &&
+                  c.scalar_type() == a.scalar_type(),
+              "cpu_gemm: C [M, N] (rows of unit stride) = A [M, K] B [K, N], one dtype, CPU");
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == c.size(1) &&
+                                    bias->is_contiguous() &&
+                                    bias->scalar_type() == a.scalar_type()),
+              "cpu_gemm: bias [N], contiguous");
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "cpu_gemm", [&] {
+    cpu::gemm<scalar_t>(a.size(0), b.size(1), a.size(1),
+                        MatRef<scalar_t>{a.data_ptr<scalar_t>(), a.stride(0), a.stride(1)},
+                        MatRef<scalar_t>{b.data_ptr<scalar_t>(), b.stride(0), b.stride(1)},
+                        accumulate ? scalar_t(1) : scalar_t(0), c.data_ptr<scalar_t>(),
+                        c.stride(0), bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr);
+  });
+}
+
+void set_phase_timing(bool on) {
+  phases::reset();
+  phases::set_enabled(on);
+}
+
+pybind11::dict phase_totals() {
+  pybind11::dict out;
+  for (int i = 0; i < phases::kCount; ++i) {
+    const auto p = static_cast<phases::Phase>(i);
+    const phases::Total t = phases::total(p);
+    if (t.calls == 0) continue;
+    out[pybind11::str(phases::name(p))] = pybind11::make_tuple(t.calls, t.seconds, t.multiply_adds);
+  }
+  return out;
+}
+
+pybind11::dict cpu_last_thread_plans() {
+  const cpu::ThreadPlanRecord r = cpu::last_thread_plans();
+  pybind11::dict out;
+  out["forward"] = pybind11::make_tuple(r.forward_groups, r.forward_per_group);
+  out["backward"] = pybind11::make_tuple(r.backward_groups, r.backward_per_group);
+  const auto [tm, tn] = cpu::last_gemm_grid();
+  out["gemm"] = pybind11::make_tuple(tm, tn);
+  return out;
 }
 
 }  // namespace gru_native

@@ -1,5 +1,5 @@
 """Shared test helpers: the tolerance table, one comparison that reports the worst element, the
-same-error check against nn.GRU, and the devices to run on."""
+same-error check against nn.GRU, the devices to run on, and runs at a given thread count."""
 
 import pytest
 import torch
@@ -104,3 +104,25 @@ def make_pair(input_size, hidden_size, num_layers=1, bias=True, batch_first=Fals
                           device=device)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
+
+
+def cpu_kernels_build():
+    """Whether CPU tensors run the CPU kernels (not the CUDA backend of a CUDA-emulation build)."""
+    import gru_native
+
+    return not gru_native.build_info()["cuda_emulation"]
+
+
+def with_threads(threads, fn):
+    """fn() with torch's intra-op thread count set to `threads`, and the CPU kernels' thread plans
+    of the last layer and GEMM it ran ({"forward": (groups, per_group), "backward": ...,
+    "gemm": (row parts, column parts)}); the count is restored after."""
+    from gru_native import _C
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        result = fn()
+        return result, _C._cpu_last_thread_plans()
+    finally:
+        torch.set_num_threads(old)

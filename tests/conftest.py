@@ -1,5 +1,16 @@
+import faulthandler
+import os
+
 import pytest
 import torch
+
+# Seconds one test may run before the process prints every thread's traceback and exits
+# (GRU_NATIVE_TEST_TIMEOUT; 0: no limit), so that a hang (a deadlocked barrier, a lost wakeup)
+# fails the run at once with the place it hangs instead of stalling CI. The tests marked slow
+# get ten times as long. A C-level watchdog thread (faulthandler), so that it fires even while
+# the hung code holds the GIL or runs on an emulated CUDA thread's fiber.
+DEFAULT_TEST_TIMEOUT = 600
+_stderr = None  # the terminal's stderr (pytest_configure)
 
 try:
     from hypothesis import HealthCheck, settings
@@ -18,9 +29,31 @@ def pytest_addoption(parser):
                      help="also run the tests marked slow")
 
 
+def _test_timeout(item):
+    value = os.environ.get("GRU_NATIVE_TEST_TIMEOUT", "")
+    limit = float(value) if value else DEFAULT_TEST_TIMEOUT
+    return limit * (10 if "slow" in item.keywords else 1)
+
+
 def pytest_configure(config):
     if settings is not None:
         settings.load_profile("slow" if config.getoption("--slow") else "ci")
+    # The terminal's stderr, for the timeout's traceback: while a test runs, pytest captures fd 2
+    # into a file that a hard exit would lose (here, at configure time, it is not captured).
+    global _stderr
+    _stderr = os.fdopen(os.dup(2), "w")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    limit = _test_timeout(item)
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit, exit=True, file=_stderr)
+    try:
+        yield
+    finally:
+        if limit > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -267,3 +267,35 @@ def test_cpu_activation_special_values(n):
         assert torch.allclose(sig[ok], ref_s[ok], rtol=2e-7, atol=0)
         assert torch.allclose(tanh[ok], ref_t[ok], rtol=2e-7, atol=0)
         assert torch.equal(torch.signbit(tanh[ok]), torch.signbit(ref_t[ok]))
+
+
+@pytest.mark.skipif(gru_native.build_info()["cuda_emulation"],
+                    reason="the CPU backend's phases (the emulated CUDA backend has no timing)")
+def test_phase_timing_counts_each_phase_and_its_products():
+    # The benchmarks' per-phase rates: every phase of a training step is timed once per layer
+    # and direction, with the multiply-adds of its products; nothing is recorded when off.
+    from gru_native import _C
+
+    T, N, C, H = 7, 3, 5, 4
+    m = gru_native.GRU(C, H, 2, bidirectional=True, dropout=0.5)
+    x = torch.randn(T, N, C, requires_grad=True)
+    R, G = T * N, 3 * H
+    try:
+        _C._set_phase_timing(True)
+        out, h = m(x)
+        (out.sum() + h.sum()).backward()
+        totals = _C._phase_totals()
+    finally:
+        _C._set_phase_timing(False)
+    assert _C._phase_totals() == {}
+    calls = {k: v[0] for k, v in totals.items()}
+    madds = {k: v[2] for k, v in totals.items()}
+    assert calls == {"input projection": 4, "forward recurrence": 2, "backward recurrence": 2,
+                     "dW_hh": 4, "dW_ih": 4, "d(input)": 4, "bias gradients": 4,
+                     "dropout": 3}  # the mask on layer 0's output; the backward's two
+    assert madds["input projection"] == 2 * R * G * C + 2 * R * G * 2 * H
+    assert madds["dW_ih"] == madds["input projection"] == madds["d(input)"]
+    assert madds["forward recurrence"] == 2 * 2 * R * G * H  # two layers of two directions
+    assert madds["dW_hh"] == 4 * G * H * R
+    assert madds["backward recurrence"] == 2 * 2 * (R - N) * G * H  # h0 needs no gradient
+    assert all(v[1] > 0 for v in totals.values())

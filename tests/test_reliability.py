@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import gru_native
 
-from _util import assert_close, assert_same_error, make_pair
+from _util import assert_close, assert_same_error, cpu_kernels_build, make_pair, with_threads
 
 C, H = 4, 3
 
@@ -240,25 +240,79 @@ def test_eight_threads_give_the_serial_results_bitwise(mode):
                     assert torch.equal(a, b)
 
 
-def test_bitwise_identical_across_thread_counts():
-    # The kernels' results do not depend on how many threads share a layer (each output
-    # element is computed by one thread, in a fixed order). The large GEMMs run in torch's BLAS;
-    # on this project's machines MKL's results did not depend on the thread count either.
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' thread split")
+@pytest.mark.parametrize("bidirectional, threads, per_group", [(False, 2, 2), (False, 3, 3),
+                                                                (True, 4, 2)],
+                         ids=["uni-2", "uni-3", "bi-4"])
+def test_bitwise_identical_across_thread_counts(bidirectional, threads, per_group):
+    # The CPU kernels' results do not depend on how many threads share a layer: each element is
+    # computed by one thread, in a fixed order. The plan gives two directions to two thread
+    # groups first, so the hidden units of a direction are split over threads only where a
+    # group has more than one (asserted: the split this test is named for happens).
     torch.manual_seed(0)
-    m = gru_native.GRU(40, 96, 2, bidirectional=True)
+    m = gru_native.GRU(40, 96, 2, bidirectional=bidirectional)
     x = torch.randn(20, 16, 40, requires_grad=True)
-    old = torch.get_num_threads()
-    runs = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out, h = m(x)
-            grads = torch.autograd.grad(out.sum() + h.pow(2).sum(), [x] + list(m.parameters()))
-            runs.append([out, h, *grads])
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*runs):
+
+    def run():
+        out, h = m(x)
+        grads = torch.autograd.grad(out.sum() + h.pow(2).sum(), [x] + list(m.parameters()))
+        return [out, h, *grads]
+
+    serial, plan1 = with_threads(1, run)
+    split, plan = with_threads(threads, run)
+    assert (plan1["forward"], plan1["backward"]) == ((1, 1), (1, 1))
+    groups = 2 if bidirectional else 1
+    assert plan["forward"] == plan["backward"] == (groups, per_group)
+    for a, b in zip(serial, split):
         assert torch.equal(a, b)
+
+
+# (T, N, C, H, layers, bidirectional): the products of every size class (the plain loops, the
+# few-rows dot products, the packed GEMM, tile and block edges), packed-sized batches of one and
+# two rows, and a shape where torch's BLAS gave other bits at two threads on an AMD CPU.
+THREAD_GRID = [(5, 1, 64, 300, 1, False), (5, 2, 64, 300, 1, False), (3, 9, 20, 33, 1, True),
+               (12, 16, 40, 96, 2, True), (7, 37, 130, 70, 2, False), (20, 64, 256, 512, 1, False),
+               (2, 100, 600, 257, 1, True)]
+
+
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' threads")
+@pytest.mark.parametrize("shape", THREAD_GRID, ids=lambda s: "-".join(map(str, s)))
+def test_bits_do_not_depend_on_threads_over_a_grid(shape):
+    T, N, C, H, L, bi = shape
+    torch.manual_seed(0)
+    m = gru_native.GRU(C, H, L, bidirectional=bi)
+    x = torch.randn(T, N, C, requires_grad=True)
+    h0 = torch.randn(L * (2 if bi else 1), N, H, requires_grad=True)
+
+    def run():
+        out, h = m(x, h0)
+        grads = torch.autograd.grad(out.pow(2).sum() + h.sum(), [x, h0] + list(m.parameters()))
+        return [out, h, *grads]
+
+    expected, _ = with_threads(1, run)
+    for threads in (2, 3, 4):
+        got, _ = with_threads(threads, run)
+        for a, b in zip(expected, got):
+            assert torch.equal(a, b), threads
+
+
+@pytest.mark.skipif(not cpu_kernels_build(), reason="the CPU kernels' threads")
+@pytest.mark.parametrize("N, C, H", [(1, 70, 300), (9, 64, 300), (64, 512, 1024)])
+def test_cell_bits_do_not_depend_on_threads(N, C, H):
+    torch.manual_seed(0)
+    cell = gru_native.GRUCell(C, H)
+    x = torch.randn(N, C, requires_grad=True)
+    h = torch.randn(N, H, requires_grad=True)
+
+    def run():
+        out = cell(x, h)
+        return [out, *torch.autograd.grad(out.pow(2).sum(), [x, h] + list(cell.parameters()))]
+
+    expected, _ = with_threads(1, run)
+    for threads in (2, 3, 4):
+        got, _ = with_threads(threads, run)
+        for a, b in zip(expected, got):
+            assert torch.equal(a, b), threads
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -484,3 +538,23 @@ def test_autograd_features_give_nn_grus_gradients(feature):
     ref, ours = results
     for a, b in zip(ours, ref):
         assert_close(a, b, feature, dtype=torch.float64)
+
+
+def test_a_hung_test_fails_fast_with_its_traceback(tmp_path):
+    # The per-test time limit of tests/conftest.py: a test that hangs (here it sleeps) is cut off
+    # after GRU_NATIVE_TEST_TIMEOUT seconds with every thread's traceback, and the run fails.
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(os.path.join(os.path.dirname(__file__), "conftest.py"), tmp_path)
+    (tmp_path / "test_hang.py").write_text(
+        "import time\n\n\ndef test_hangs_in_here():\n    time.sleep(600)\n")
+    env = dict(os.environ, GRU_NATIVE_TEST_TIMEOUT="3")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_hang.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "Timeout" in run.stderr and "test_hangs_in_here" in run.stderr, run.stderr

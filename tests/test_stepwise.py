@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gru_native
-from _util import assert_close
+from _util import assert_close, with_threads
 
 EMULATED = gru_native.build_info()["cuda_emulation"]
 needs_cpu_kernels = pytest.mark.skipif(
@@ -84,19 +84,18 @@ def test_unknown_form_raises(monkeypatch):
         gru_native.GRU(3, 4)(torch.randn(2, 1, 3))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@needs_cpu_kernels
+@pytest.mark.parametrize("threads", [2, 3])
 def test_cell_results_do_not_depend_on_threads(threads):
+    # One step, split over the threads by hidden units (asserted), bitwise the serial result.
     torch.manual_seed(0)
     cell = gru_native.GRUCell(70, 300)
     x, h = torch.randn(2, 70), torch.randn(2, 300)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        expected = cell(x, h)
-        torch.set_num_threads(threads)
-        assert torch.equal(cell(x, h), expected)
-    finally:
-        torch.set_num_threads(old)
+    expected, plan1 = with_threads(1, lambda: cell(x, h))
+    got, plan = with_threads(threads, lambda: cell(x, h))
+    assert plan1["forward"] == (1, 1)
+    assert plan["forward"] == (1, threads)
+    assert torch.equal(got, expected)
 
 
 # -- A weight changed between two calls, by every route a program uses -------------------------

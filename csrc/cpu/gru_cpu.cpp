@@ -1,11 +1,11 @@
 // gru_cpu.cpp: the CPU backend: the driver (gru_stack.h) on the CPU kernels (kernels.cpp) and,
-// for the larger GEMMs, torch's BLAS (blas.cpp); registered for CPU tensors.
+// for the larger GEMMs, the backend's own (gemm.cpp); registered for CPU tensors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "backend.h"
-#include "cpu/blas.h"
+#include "cpu/gemm.h"
 #include "cpu/host_cache.h"
 #include "cpu/kernels.h"
 #include "gru_stack.h"
@@ -16,12 +16,11 @@ namespace {
 struct CpuBackend {
   static constexpr const char* kName = "CPU";
   static constexpr const char* kDtypes = "torch.float32, torch.float64";
-  // Below this many multiply-adds a GEMM runs in plain loops: a BLAS call through ATen costs
-  // microseconds of overhead, more than the whole product.
+  // Below this many multiply-adds a GEMM runs in plain loops, with no packing.
   static constexpr int64_t kSmallGemm = 32 * 1024;
   // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
-  // run as dot products along W_ih's rows, threaded, not through ATen's mm, which is slow for
-  // this transposed case (benchmarks/NOTES.md, step-wise calls).
+  // run as dot products along W_ih's rows, threaded: nothing packed (benchmarks/NOTES.md,
+  // step-wise calls).
   static constexpr int64_t kFewRows = 8;
 
   // Tensors of one device: nothing to guard.
@@ -61,7 +60,7 @@ struct CpuBackend {
     if (M * N * K <= kSmallGemm || few_rows_transposed) {
       cpu::small_gemm(M, N, K, A, B, beta, C, ldc, bias);
     } else {
-      cpu::blas_gemm(M, N, K, A, B, beta, C, ldc, bias);
+      cpu::gemm(M, N, K, A, B, beta, C, ldc, bias);
     }
   }
 
@@ -74,6 +73,9 @@ struct CpuBackend {
   static void multiply(int64_t n, const T* a, const T* b, T* out) {
     cpu::multiply(n, a, b, out);
   }
+
+  // The work of every call is done when the call returns.
+  static void synchronize() {}
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return cpu::cached_empty(sizes, options.dtype().toScalarType());

@@ -246,6 +246,8 @@ constexpr int64_t kDirectForwardMinHidden = 16;
 // only for large batches over many steps, where the packed panels' locality wins.
 constexpr int64_t kDirectBackwardMaxBatch = 16;
 
+thread_local ThreadPlanRecord last_plans;
+
 bool forward_direct(const StepSchedule& s, int64_t H) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
@@ -265,6 +267,8 @@ void forward_layer(const LayerForwardParams<scalar_t>& p) {
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
+  last_plans.forward_groups = plan.groups;
+  last_plans.forward_per_group = plan.per_group;
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
   const bool direct = forward_direct(s, H);
@@ -305,6 +309,8 @@ void backward_layer(const LayerBackwardParams<scalar_t>& p) {
   const StepSchedule& s = p.steps;
   const int64_t H = p.H, align = slice_align<scalar_t>();
   const ThreadPlan plan = plan_threads(at::get_num_threads(), p.D, s.T, s.N * H, H, align);
+  last_plans.backward_groups = plan.groups;
+  last_plans.backward_per_group = plan.per_group;
   const bool direct = backward_direct(s);
   std::vector<PackedGemm<scalar_t>> packs(plan.threads());
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
@@ -425,6 +431,8 @@ void activations(int64_t n, const T* x, T* sigmoid, T* tanh) {
     lane.store(tanh + i, VecAct<V>::tanh(lane.load(x + i)));
   });
 }
+
+ThreadPlanRecord last_thread_plans() { return last_plans; }
 
 const char* vector_isa() { return GRU_NATIVE_VEC_ISA; }
 

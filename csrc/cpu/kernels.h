@@ -18,7 +18,7 @@ template <typename T>
 void backward_layer(const LayerBackwardParams<T>& p);
 
 // C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1, for small products, in plain
-// vectorised loops with no call overhead (larger ones go to BLAS: blas.h).
+// vectorised loops with no call overhead (larger ones go to gemm.h).
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                 int64_t ldc, const T* bias);
@@ -35,6 +35,15 @@ void multiply(int64_t n, const T* a, const T* b, T* out);
 // a masked or scalar tail: cpu/vec.h), for the accuracy tests.
 template <typename T>
 void activations(int64_t n, const T* x, T* sigmoid, T* tanh);
+
+// How the last layer the calling thread ran was spread over threads (threads.h: direction
+// groups, and threads per group, each owning a slice of the hidden units), forward and backward;
+// 0 before any. For the tests that check that a split they rely on happened.
+struct ThreadPlanRecord {
+  int forward_groups = 0, forward_per_group = 0;
+  int backward_groups = 0, backward_per_group = 0;
+};
+ThreadPlanRecord last_thread_plans();
 
 // The SIMD instruction set the kernels were compiled for ("AVX2", "AVX512", "DEFAULT").
 const char* vector_isa();

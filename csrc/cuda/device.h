@@ -61,9 +61,9 @@ at::Tensor schedule(const StepSchedule& s);
 // ldc at C + b * stride_c; A_b[M, K] = A at A.p + b * stride_a, B_b[K, N] likewise (each with one
 // unit stride, rows or columns). cuBLAS with torch's handle: accumulates in float for the half
 // types (double for double), with torch's TF32 and reduced-precision-reduction settings.
-// T: float, double, at::Half, at::BFloat16.
-template <typename T>
+// T: float, double, at::Half, at::BFloat16; C of type T, or float for the half types (TC).
+template <typename T, typename TC = T>
 void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t stride_a,
-          MatRef<T> B, int64_t stride_b, float beta, T* C, int64_t ldc, int64_t stride_c);
+          MatRef<T> B, int64_t stride_b, float beta, TC* C, int64_t ldc, int64_t stride_c);
 
 }  // namespace gru_native::device

@@ -164,15 +164,15 @@ void check_blas(cublasStatus_t status, const char* call, const Operand& a, const
 
 }  // namespace
 
-template <typename T>
+template <typename T, typename TC>
 void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t stride_a,
-          MatRef<T> B, int64_t stride_b, float beta, T* C, int64_t ldc, int64_t stride_c) {
+          MatRef<T> B, int64_t stride_b, float beta, TC* C, int64_t ldc, int64_t stride_c) {
   if (batch == 0 || M == 0 || N == 0) return;
   if (K == 0) {  // C = beta C
     TORCH_INTERNAL_ASSERT(beta == 0.0f || beta == 1.0f);
     if (beta == 0.0f) {
       for (int64_t b = 0; b < batch; ++b) {
-        check(cudaMemset2DAsync(C + b * stride_c, ldc * sizeof(T), 0, N * sizeof(T), M,
+        check(cudaMemset2DAsync(C + b * stride_c, ldc * sizeof(TC), 0, N * sizeof(TC), M,
                                 stream()));
       }
     }
@@ -180,7 +180,11 @@ void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t s
   }
   // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's A is our B, its B our A.
   const Operand a = as_column_major(A, M, K), b = as_column_major(B, K, N);
+  static_assert(std::is_same_v<TC, T> || (std::is_same_v<TC, float> && sizeof(T) == 2),
+                "gru_native: C of type T, or float for the half types");
   const Types t = types<T>();
+  // C in float for the half types' float output (dL/dh): cuBLAS converts the float accumulator.
+  const cudaDataType c_type = std::is_same_v<TC, T> ? t.data : CUDA_R_32F;
   using Scale = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const Scale alpha = 1, scale_c = beta;
   cublasHandle_t handle = torch_cuda::blas_handle();
@@ -190,7 +194,7 @@ void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t s
   const cublasStatus_t status = cublasGemmStridedBatchedEx(
       handle, b.op, a.op, as_int(N, "n"), as_int(M, "m"), as_int(K, "k"), &alpha, B.p, t.data,
       as_int(b.ld, "ldb"), stride_b, A.p, t.data, as_int(a.ld, "lda"), stride_a, &scale_c, C,
-      t.data, as_int(ldc, "ldc"), stride_c, as_int(batch, "batch count"), t.compute,
+      c_type, as_int(ldc, "ldc"), stride_c, as_int(batch, "batch count"), t.compute,
       CUBLAS_GEMM_DEFAULT);
   (void)cublasSetMathMode(handle, previous);
   check_blas(status, "cublasGemmStridedBatchedEx", b, a, N, M, K, ldc, batch);
@@ -204,5 +208,11 @@ GRU_NATIVE_INSTANTIATE(double)
 GRU_NATIVE_INSTANTIATE(at::Half)
 GRU_NATIVE_INSTANTIATE(at::BFloat16)
 #undef GRU_NATIVE_INSTANTIATE
+// dL/dh in float for the half types (gru_cuda.cpp).
+template void gemm<at::Half, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::Half>, int64_t,
+                                    MatRef<at::Half>, int64_t, float, float*, int64_t, int64_t);
+template void gemm<at::BFloat16, float>(int64_t, int64_t, int64_t, int64_t, MatRef<at::BFloat16>,
+                                        int64_t, MatRef<at::BFloat16>, int64_t, float, float*,
+                                        int64_t, int64_t);
 
 }  // namespace gru_native::device

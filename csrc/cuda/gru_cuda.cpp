@@ -13,6 +13,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "backend.h"
@@ -95,10 +96,14 @@ int64_t persistent_max_batch(bool backward, bool half_type) {
   return half_type ? 8 : 16;
 }
 
+// Whether to run a layer on the persistent kernels, and their plan if so. In auto mode a batch
+// above persistent_max_batch takes the GEMM path without asking the device anything.
 template <typename T>
-bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::PersistentPlan& plan) {
-  const Path path = requested_path();
+bool use_persistent(Path path, int D, int64_t N, int64_t H, bool backward,
+                    cuda::PersistentPlan& plan) {
+  constexpr bool half_type = sizeof(T) == 2;
   if (path == Path::kGemm) return false;
+  if (path == Path::kAuto && N > persistent_max_batch(backward, half_type)) return false;
   int index = 0;
   device::check(cudaGetDevice(&index));
   plan = cuda::plan_persistent<K<T>>(D, N, H, backward, index);
@@ -106,10 +111,28 @@ bool use_persistent(int D, int64_t N, int64_t H, bool backward, cuda::Persistent
     TORCH_CHECK(plan.fits, "gru_native: GRU_NATIVE_CUDA_PATH=persistent, but the persistent ",
                 backward ? "backward" : "forward", " kernel does not fit a layer with batch ", N,
                 " and hidden size ", H, " on this GPU");
+  }
+  return plan.fits;
+}
+
+// A persistent kernel's launch result. The device may refuse a cooperative launch the plan
+// expected to fit: some of its multiprocessors held by other work (other processes under MPS,
+// green contexts, NCCL kernels of a data-parallel job), or its resources smaller than they were
+// when planned. In auto mode that is no error: the error is cleared and the layer takes the GEMM
+// path (returns false); with GRU_NATIVE_CUDA_PATH=persistent it raises. Any other error raises.
+bool persistent_ran(cudaError_t err, Path path, bool backward) {
+  if (err == cudaSuccess) {
+    device::check_launch();
     return true;
   }
-  constexpr bool half_type = sizeof(T) == 2;
-  return plan.fits && N <= persistent_max_batch(backward, half_type);
+  const bool refused = err == cudaErrorCooperativeLaunchTooLarge ||
+                       err == cudaErrorLaunchOutOfResources || err == cudaErrorNotSupported;
+  if (!refused) device::check(err);
+  (void)cudaGetLastError();
+  TORCH_CHECK(path == Path::kAuto, "gru_native: GRU_NATIVE_CUDA_PATH=persistent, but the device ",
+              "refused the cooperative launch of the persistent ",
+              backward ? "backward" : "forward", " kernel: ", cudaGetErrorString(err));
+  return false;
 }
 
 // The fields the persistent forward and backward share. `schedule` must outlive the launch.
@@ -131,6 +154,40 @@ cuda::PersistentLayer<K<T>> persistent_layer(const StepSchedule& s, int D, int64
   }
   return layer;
 }
+
+// dL/dh of a layer's directions, [D, N, H], in the kernels' math type from the layer's first step
+// to its last (as cuDNN keeps it): for float and double the driver's buffer itself; for the half
+// types a float copy, converted from it once and rounded back into it once (write_back).
+template <typename T>
+class MathDh {
+ public:
+  using A = typename cuda::Acc<K<T>>::type;
+
+  MathDh(T* dh, int64_t n, cudaStream_t stream) : dh_(dh), n_(n), stream_(stream) {
+    if constexpr (std::is_same_v<A, K<T>>) {
+      math_ = reinterpret_cast<A*>(dh);
+    } else {
+      storage_ = device::empty({n}, device::options(at::kFloat));
+      math_ = storage_.data_ptr<float>();
+      device::check(cuda::convert(n, kptr(dh), math_, stream));
+      device::check_launch();
+    }
+  }
+  A* get() const { return math_; }
+  void write_back() {
+    if constexpr (!std::is_same_v<A, K<T>>) {
+      device::check(cuda::convert(n_, static_cast<const A*>(math_), kptr(dh_), stream_));
+      device::check_launch();
+    }
+  }
+
+ private:
+  T* dh_;
+  int64_t n_;
+  cudaStream_t stream_;
+  at::Tensor storage_;
+  A* math_ = nullptr;
+};
 
 struct CudaBackend {
   static constexpr const char* kName = "CUDA";
@@ -163,8 +220,9 @@ struct CudaBackend {
     if (s.R == 0 || N == 0) return;
     TORCH_INTERNAL_ASSERT(D == 1 || p.hy[1] == p.hy[0] + N * H);
     const cudaStream_t stream = device::stream();
+    const Path path = requested_path();
     cuda::PersistentPlan plan;
-    if (use_persistent<T>(D, N, H, false, plan)) {
+    if (use_persistent<T>(path, D, N, H, false, plan)) {
       const at::Tensor schedule = device::schedule(s);
       auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out = kptr(p.out);
@@ -175,9 +233,7 @@ struct CudaBackend {
         layer.hy[d] = kptr(p.hy[d]);
         layer.ws_out[d] = p.ws[d];
       }
-      device::check(cuda::persistent_forward(layer, plan, stream));
-      device::check_launch();
-      return;
+      if (persistent_ran(cuda::persistent_forward(layer, plan, stream), path, false)) return;
     }
     // The GEMM path. h_n doubles as the running state: it starts as h0, and each step's
     // pointwise kernel overwrites the rows live at that step (the forward direction's finished
@@ -220,27 +276,31 @@ struct CudaBackend {
 
   template <typename T, typename W>
   static void backward_layer(const LayerBackwardParams<T, W>& p) {
+    using A = typename cuda::Acc<K<T>>::type;
     const StepSchedule& s = p.steps;
     const int64_t H = p.H, N = s.N, G = kGates * H, ld = p.D * H;
     const int D = p.D;
     if (s.R == 0 || N == 0) return;
     TORCH_INTERNAL_ASSERT(D == 1 || p.dh[1] == p.dh[0] + N * H);
     const cudaStream_t stream = device::stream();
+    MathDh<T> dh(p.dh[0], D * N * H, stream);
+    const Path path = requested_path();
     cuda::PersistentPlan plan;
-    if (use_persistent<T>(D, N, H, true, plan)) {
+    if (use_persistent<T>(path, D, N, H, true, plan)) {
       const at::Tensor schedule = device::schedule(s);
       auto layer = persistent_layer(s, D, H, schedule, p.w_hh, p.h0);
       layer.out_in = kptr(p.out);
       layer.dout = kptr(p.dout);
       for (int d = 0; d < D; ++d) {
         layer.ws_in[d] = p.ws[d];
-        layer.dh[d] = kptr(p.dh[d]);
+        layer.dh[d] = dh.get() + d * N * H;
         layer.dg[d] = kptr(p.dg[d]);
         layer.hp[d] = kptr(p.hp[d]);
       }
-      device::check(cuda::persistent_backward(layer, plan, stream));
-      device::check_launch();
-      return;
+      if (persistent_ran(cuda::persistent_backward(layer, plan, stream), path, true)) {
+        if (p.need_dh0) dh.write_back();
+        return;
+      }
     }
     at::Tensor w_storage;
     const T* w = stacked(p.w_hh, D, G, H, w_storage);  // [D, 3H, H]
@@ -264,7 +324,7 @@ struct CudaBackend {
         step.prev_out[d] = sr.prev_offset < 0 ? nullptr : kptr(p.out + sr.prev_offset * ld + d * H);
         step.n_from_out[d] = sr.n_from_out;
         step.h0[d] = kptr(p.h0[d]);
-        step.dh[d] = kptr(p.dh[d]);
+        step.dh[d] = dh.get() + d * N * H;
         step.dg[d] = kptr(p.dg[d] + off * kGradGates * H);
         step.dgs[d] = kptr(dgs_p + d * N * G);
         step.hp[d] = kptr(p.hp[d] + off * H);
@@ -273,10 +333,11 @@ struct CudaBackend {
       device::check_launch();
       // The directions' first steps (the last here): the product only gives dL/dh0.
       if (i + 1 == s.T && !p.need_dh0) break;
-      // dh_{t-1} += dG_h W_hh, both directions (rows past N_t add 0).
-      device::gemm<T>(D, N, H, G, MatRef<T>{dgs_p, G, 1}, N * G, MatRef<T>{w, H, 1},
-                      G * H, 1.0f, p.dh[0], H, N * H);
+      // dh_{t-1} += dG_h W_hh, both directions (rows past N_t add 0), into dh's math type.
+      device::gemm<T, A>(D, N, H, G, MatRef<T>{dgs_p, G, 1}, N * G, MatRef<T>{w, H, 1}, G * H,
+                         1.0f, dh.get(), H, N * H);
     }
+    if (p.need_dh0) dh.write_back();
   }
 
   // C[M, N] = A B + beta * C on the device's GEMM. No bias: the driver adds biases in the
@@ -290,7 +351,13 @@ struct CudaBackend {
 
   template <typename T>
   static void column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
-    device::check(cuda::column_sum(rows, cols, kptr(src), ld, kptr(dst), device::stream()));
+    using A = typename cuda::Acc<K<T>>::type;
+    const int64_t scratch = cuda::column_sum_scratch(rows, cols);
+    const at::Tensor partials =
+        scratch ? device::empty({scratch}, device::options(c10::CppTypeToScalarType<A>::value))
+                : at::Tensor();
+    device::check(cuda::column_sum(rows, cols, kptr(src), ld, kptr(dst),
+                                   scratch ? partials.data_ptr<A>() : nullptr, device::stream()));
     device::check_launch();
   }
 

@@ -1,8 +1,7 @@
 // kernels.cu: the CUDA kernels (see kernels.cuh). ATen-free: compiles with nvcc alone, and with
 // the host compiler against the CUDA emulation (csrc/cuda/emulation/runtime.h), unchanged: kernels
-// are launched through the runtime API (cudaLaunchKernel, cudaLaunchCooperativeKernel), dynamic
-// shared memory is declared with GRU_DYNAMIC_SHARED, and the one PTX instruction has a plain
-// equivalent off the GPU.
+// are launched through the runtime API (cudaLaunchKernel, cudaLaunchCooperativeKernel) and
+// dynamic shared memory is declared with GRU_DYNAMIC_SHARED.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,7 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/kernels.cuh"
@@ -24,7 +25,6 @@ namespace gru_native::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kPersistentThreads = 256;
 
 // -- element conversions ---------------------------------------------------------------------
 
@@ -54,31 +54,64 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// A load that bypasses L1: for values other blocks of a persistent kernel wrote since the last
-// grid synchronisation.
+// Loads that bypass L1 (ld.global.cg): for values other blocks of a persistent kernel wrote
+// since the last grid synchronisation. CUDA's __ldcg overloads for float, double, unsigned short
+// and the 16-byte vectors are volatile asm, which the compiler keeps below grid.sync(); its
+// __half and __nv_bfloat16 overloads are not volatile, so the 16-bit types load their bits.
+// (Off the GPU, in the emulation, __ldcg is a plain load: its barriers order memory.)
 template <typename T>
 __device__ __forceinline__ typename Acc<T>::type load_cg(const T* p) {
-  return to_acc(__ldcg(p));  // float, double: CUDA's __ldcg is volatile asm
-}
-// CUDA's 16-bit __ldcg overloads are asm without volatile or a memory clobber, which the compiler
-// may hoist above grid.sync(): this one is pinned in place. (Off the GPU, in the emulation, its
-// __ldcg.)
-__device__ __forceinline__ unsigned short load_cg_u16(const void* p) {
-#ifdef __CUDA_ARCH__
-  unsigned short u;
-  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(u) : "l"(p) : "memory");
-  return u;
-#else
-  return __ldcg(static_cast<const unsigned short*>(p));
-#endif
+  return to_acc(__ldcg(p));
 }
 template <>
 __device__ __forceinline__ float load_cg<__half>(const __half* p) {
-  return __half2float(__ushort_as_half(load_cg_u16(p)));
+  return __half2float(__ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p))));
 }
 template <>
 __device__ __forceinline__ float load_cg<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat162float(__ushort_as_bfloat16(load_cg_u16(p)));
+  return __bfloat162float(
+      __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p))));
+}
+
+// -- 16-byte vectors: kVec<T> elements of T, loaded at once into kVec<T> Acc values ------------
+
+template <typename T>
+constexpr int kVec = static_cast<int>(16 / sizeof(T));
+
+__host__ __device__ inline bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// The kVec<T> elements at p (16-byte aligned), through L2 (kThroughL2) or an ordinary load.
+template <bool kThroughL2, typename T>
+__device__ __forceinline__ void load_vec(const T* p, typename Acc<T>::type* out) {
+  const float4* q = reinterpret_cast<const float4*>(p);
+  const float4 v = kThroughL2 ? __ldcg(q) : *q;
+  if constexpr (sizeof(T) == 2) {
+    unsigned short bits[8];
+    memcpy(bits, &v, 16);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if constexpr (std::is_same_v<T, __half>) {
+        out[i] = __half2float(__ushort_as_half(bits[i]));
+      } else {
+        out[i] = __bfloat162float(__ushort_as_bfloat16(bits[i]));
+      }
+    }
+  } else {
+    memcpy(out, &v, 16);  // float or double: the values themselves
+  }
+}
+
+// n values (a multiple of 16 bytes) to shared memory at dst (16-byte aligned), 16 bytes a store.
+template <typename A>
+__device__ __forceinline__ void store_vecs(A* dst, const A* v, int n) {
+#pragma unroll
+  for (int i = 0; i < n; i += kVec<A>) {
+    float4 x;
+    memcpy(&x, v + i, 16);
+    *reinterpret_cast<float4*>(dst + i) = x;
+  }
 }
 
 template <typename T>
@@ -91,6 +124,14 @@ int blocks_for(int64_t total) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
 }
 
+template <typename T>
+constexpr const char* dtype_name() {
+  if constexpr (std::is_same_v<T, float>) return "float32";
+  if constexpr (std::is_same_v<T, double>) return "float64";
+  if constexpr (std::is_same_v<T, __half>) return "float16";
+  return "bfloat16";
+}
+
 template <typename... P, size_t... I>
 cudaError_t launch_with(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block,
                         size_t smem, cudaStream_t stream, std::tuple<P...>& values,
@@ -100,16 +141,58 @@ cudaError_t launch_with(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 
                      : cudaLaunchKernel(kernel, grid, block, args, smem, stream);
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), or its cooperative launch.
+// What a launch is, for the launch record (kernels.cuh).
+LaunchRecord what(const char* kernel, const char* dtype, bool cooperative = false) {
+  LaunchRecord r;
+  r.kernel = kernel;
+  r.dtype = dtype;
+  r.cooperative = cooperative;
+  return r;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), or its cooperative launch; recorded.
 template <typename... P, typename... A>
-cudaError_t launch(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block, size_t smem,
+cudaError_t launch(LaunchRecord record, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
                    cudaStream_t stream, const A&... args) {
   std::tuple<P...> values(args...);
-  return launch_with(kernel, cooperative, grid, block, smem, stream, values,
-                     std::index_sequence_for<P...>());
+  const cudaError_t err = launch_with(kernel, record.cooperative, grid, block, smem, stream,
+                                      values, std::index_sequence_for<P...>());
+  if (recording_launches()) {
+    record.grid[0] = grid.x, record.grid[1] = grid.y, record.grid[2] = grid.z;
+    record.block[0] = block.x, record.block[1] = block.y, record.block[2] = block.z;
+    record.smem = smem;
+    record.result = err;
+    record_launch(record);
+  }
+  return err;
 }
 
 // -- the GEMM path's pointwise kernels ---------------------------------------------------------
+//
+// One thread per (direction, row, unit) of a step: blockIdx.z is the direction, x (threads and
+// blocks) the unit j, y the row b (grid-stride past 65535 blocks), so that no thread divides.
+
+struct PointwiseGeometry {
+  dim3 grid, block;
+};
+PointwiseGeometry pointwise_geometry(int64_t H, int64_t rows, int D) {
+  const int64_t x = std::min<int64_t>(kThreads, (H + 31) / 32 * 32);
+  const int64_t y = kThreads / x;
+  const int64_t gx = (H + x - 1) / x;
+  const int64_t gy = std::max<int64_t>(1, std::min<int64_t>((rows + y - 1) / y, 65535));
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(D)),
+          dim3(static_cast<unsigned>(x), static_cast<unsigned>(y))};
+}
+
+__device__ __forceinline__ int64_t pointwise_unit() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t pointwise_first_row() {
+  return static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
+}
+__device__ __forceinline__ int64_t pointwise_row_stride() {
+  return static_cast<int64_t>(gridDim.y) * blockDim.y;
+}
 
 // The gates of unit j that the backward needs, into a workspace row [r | z | n | hn].
 template <typename A>
@@ -124,18 +207,14 @@ __device__ __forceinline__ void save_gates(A* ws_row, int64_t H, int64_t j, A r,
 template <typename T>
 __global__ void forward_step_kernel(ForwardStep<T> a) {
   using A = typename Acc<T>::type;
-  const int64_t H = a.H, G = kGates * H;
-  const int64_t total0 = a.rows[0] * H;
-  const int64_t total = total0 + (a.D > 1 ? a.rows[1] * H : 0);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int d = i < total0 ? 0 : 1;
-    const int64_t k = d ? i - total0 : i;
-    const int64_t b = k / H, j = k % H;
+  const int d = blockIdx.z;
+  const int64_t H = a.H, G = kGates * H, j = pointwise_unit();
+  if (j >= H) return;
+  const T* bi = a.b_ih[d];
+  const T* bh = a.b_hh[d];
+  for (int64_t b = pointwise_first_row(); b < a.rows[d]; b += pointwise_row_stride()) {
     const T* gi = a.gi[d] + b * G;
     const T* gh = a.gh[d] + b * G;
-    const T* bi = a.b_ih[d];
-    const T* bh = a.b_hh[d];
     T* h = a.h[d] + b * H + j;
     A r, z, n, hn, h_new;
     gru_cell_forward<A, ScalarAct<A>>(
@@ -153,13 +232,10 @@ __global__ void forward_step_kernel(ForwardStep<T> a) {
 template <typename T>
 __global__ void backward_step_kernel(BackwardStep<T> a) {
   using A = typename Acc<T>::type;
-  const int64_t H = a.H, G = kGates * H, per_dir = a.N * H;
-  const int64_t total = a.D * per_dir;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int d = static_cast<int>(i / per_dir);
-    const int64_t k = i - d * per_dir;
-    const int64_t b = k / H, j = k % H;
+  const int d = blockIdx.z;
+  const int64_t H = a.H, G = kGates * H, j = pointwise_unit();
+  if (j >= H) return;
+  for (int64_t b = pointwise_first_row(); b < a.N; b += pointwise_row_stride()) {
     T* dgs = a.dgs[d] + b * G;
     if (b >= a.rows[d]) {  // not live at this step: no contribution to the recurrent GEMM
       dgs[j] = dgs[H + j] = dgs[2 * H + j] = from_acc<T>(A(0));
@@ -168,9 +244,9 @@ __global__ void backward_step_kernel(BackwardStep<T> a) {
     const A h_prev = b < a.n_from_out[d] ? to_acc(a.prev_out[d][b * a.ld + j])
                                          : (a.h0[d] ? to_acc(a.h0[d][b * H + j]) : A(0));
     const A* ws = a.ws[d] + b * kWorkspaceGates * H;
-    T* dh = a.dh[d] + b * H + j;
+    A* dh = a.dh[d] + b * H + j;
     A d_r, d_z, d_n, d_hn, dh_prev;
-    gru_cell_backward<A>(to_acc(a.dout[d][b * a.ld + j]) + to_acc(*dh), ws[j], ws[H + j],
+    gru_cell_backward<A>(to_acc(a.dout[d][b * a.ld + j]) + *dh, ws[j], ws[H + j],
                          ws[2 * H + j], ws[3 * H + j], h_prev, d_r, d_z, d_n, d_hn, dh_prev);
     T* dg = a.dg[d] + b * kGradGates * H;
     dg[j] = from_acc<T>(d_r);
@@ -181,32 +257,65 @@ __global__ void backward_step_kernel(BackwardStep<T> a) {
     dgs[H + j] = dg[H + j];
     dgs[2 * H + j] = dg[2 * H + j];
     a.hp[d][b * H + j] = from_acc<T>(h_prev);
-    *dh = from_acc<T>(dh_prev);
+    *dh = dh_prev;
   }
 }
 
-template <typename T>
-__global__ void column_sum_kernel(int64_t rows, int64_t cols, const T* src, int64_t ld,
-                                  T* dst) {
-  using A = typename Acc<T>::type;
-  // Sequential sums over blocks of rows, then the sum of the block sums, in row order: the
-  // same order on every run; rounding grows with rows / 256 + 256 rather than with rows.
-  constexpr int64_t kBlock = 256;
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    A total = 0;
-    for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-      const int64_t r1 = r0 + kBlock < rows ? r0 + kBlock : rows;
-      A part = 0;
-      for (int64_t r = r0; r < r1; ++r) part += to_acc(src[r * ld + c]);
-      total += part;
+// -- column sums -------------------------------------------------------------------------------
+//
+// A block sums kSumColumns columns over one part of the rows: thread (x, y) adds rows
+// y, y + kSumLanes, ... of its part in order, then the kSumLanes lanes of a column are added in a
+// fixed tree. With more than one part, a second launch adds the parts' sums the same way. The
+// parts depend on rows alone, so the order of every addition is fixed by (rows, cols).
+constexpr int kSumColumns = 32;
+constexpr int kSumLanes = kThreads / kSumColumns;
+constexpr int64_t kMinRowsPerPart = 256;
+constexpr int64_t kMaxParts = 256;
+
+int64_t column_sum_parts(int64_t rows) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>((rows + kMinRowsPerPart - 1) / kMinRowsPerPart, kMaxParts));
+}
+
+// dst[part * cols + c] = sum of rows [part * per_part, (part + 1) * per_part) of column c.
+template <typename In, typename Out>
+__global__ void column_sum_kernel(int64_t rows, int64_t cols, const In* src, int64_t ld,
+                                  int64_t per_part, Out* dst) {
+  using A = typename Acc<In>::type;
+  GRU_DYNAMIC_SHARED(smem);
+  A* lanes = reinterpret_cast<A*>(smem);  // [kSumLanes][kSumColumns]
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kSumColumns + threadIdx.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.y) * per_part;
+  const int64_t end = first + per_part < rows ? first + per_part : rows;
+  A sum = A(0);
+  if (c < cols) {
+    for (int64_t r = first + threadIdx.y; r < end; r += kSumLanes) sum += to_acc(src[r * ld + c]);
+  }
+  lanes[threadIdx.y * kSumColumns + threadIdx.x] = sum;
+  for (int half = kSumLanes / 2; half > 0; half /= 2) {
+    __syncthreads();
+    if (static_cast<int>(threadIdx.y) < half) {
+      A* mine = lanes + threadIdx.y * kSumColumns + threadIdx.x;
+      *mine = *mine + mine[half * kSumColumns];
     }
-    dst[c] = from_acc<T>(total);
+  }
+  if (threadIdx.y == 0 && c < cols) dst[blockIdx.y * cols + c] = from_acc<Out>(lanes[threadIdx.x]);
+}
+
+// (The grid-stride loops below are not unrolled: unrolled, they would divide their trip count in
+// 64 bits.)
+template <typename S, typename D>
+__global__ void convert_kernel(int64_t n, const S* src, D* dst) {
+#pragma unroll 1
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = from_acc<D>(to_acc(src[i]));
   }
 }
 
 template <typename T>
 __global__ void multiply_kernel(int64_t n, const T* a, const T* b, T* out) {
+#pragma unroll 1
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = from_acc<T>(to_acc(a[i]) * to_acc(b[i]));
@@ -236,7 +345,7 @@ __global__ void multiply_kernel(int64_t n, const T* a, const T* b, T* out) {
 //             (unit, row) each; __syncthreads; one thread per (unit, row) adds the group's
 //             kGroupWarps warp sums in order into dh_{t-1}.
 // Shared memory: [pass >= 1 weights, T][rows chunk x staged row, Acc][partial sums, Acc],
-// 16-byte aligned sections (persistent_smem).
+// 16-byte aligned sections (block_smem).
 
 constexpr int kWarps = kPersistentThreads / 32;
 // Partial sums in shared memory: 32 per output (one per lane), 33 apart, so that when each lane
@@ -267,7 +376,7 @@ __host__ __device__ inline size_t align16(size_t bytes) { return (bytes + 15) / 
 
 // The shared memory a persistent block needs: weights of passes >= 1, a chunk of `chunk` rows.
 template <typename T>
-__host__ __device__ inline size_t persistent_smem(bool backward, int kt, int passes, int chunk) {
+size_t block_smem(bool backward, int kt, int passes, int chunk) {
   using A = typename Acc<T>::type;
   if (backward) {
     const size_t slots = static_cast<size_t>(kLaneUnits) * backward_slots(kt);  // per thread
@@ -324,6 +433,53 @@ __device__ __forceinline__ PersistentThread persistent_thread(const PersistentSh
   return t;
 }
 
+// n / f.d for 0 <= n < 2^31 (FastDivisor, kernels.cuh).
+__device__ __forceinline__ int divide(int n, const FastDivisor& f) {
+  const uint32_t u = static_cast<uint32_t>(n);
+  const uint32_t high = static_cast<uint32_t>((static_cast<uint64_t>(u) * f.m) >> 32);
+  return static_cast<int>((high + u) >> f.s);
+}
+
+// Rows [0, nb) of a chunk into shared memory as Acc, W values a row (zero from `valid` on):
+// row b is source(b) = {pointer, through L2} (nullptr: zeros). With `vec` (every row 16-byte
+// aligned, valid a multiple of kVec<T>) 16 bytes a load and a store.
+template <int W, typename T, typename Source>
+__device__ __forceinline__ void stage_rows(typename Acc<T>::type* dst, int nb, int64_t valid,
+                                           bool vec, const Source& source) {
+  using A = typename Acc<T>::type;
+  if (vec) {
+    constexpr int V = kVec<T>, WV = W / V;
+    static_assert(W % V == 0, "a staged row holds whole vectors");
+    for (int e = threadIdx.x; e < nb * WV; e += blockDim.x) {
+      const int b = e / WV, k = (e % WV) * V;
+      const auto src = source(b);
+      A v[V];
+      if (src.first == nullptr || k >= valid) {
+#pragma unroll
+        for (int c = 0; c < V; ++c) v[c] = A(0);
+      } else if (src.second) {
+        load_vec<true>(src.first + k, v);
+      } else {
+        load_vec<false>(src.first + k, v);
+      }
+      store_vecs(dst + b * W + k, v, V);
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < nb * W; e += blockDim.x) {
+    const int b = e / W, k = e % W;
+    const auto src = source(b);
+    A v = A(0);
+    if (src.first != nullptr && k < valid) {
+      v = src.second ? load_cg(src.first + k) : to_acc(src.first[k]);
+    }
+    dst[e] = v;
+  }
+}
+
+template <typename T>
+using RowSource = std::pair<const T*, bool>;
+
 template <typename T, int KT>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_forward_kernel(PersistentLayer<T> p, PersistentShape shape) {
@@ -341,6 +497,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       smem + align16(static_cast<size_t>(passes - 1) * kWarps * 3 * KT * 32 * sizeof(T)));
   A* red = hs + align16(static_cast<size_t>(chunk) * K32 * sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
+  const T* h0 = p.h0[d];
+  const bool vec = H % kVec<T> == 0 && aligned16(p.out_in ? p.out_in : p.out) &&
+                   (h0 == nullptr || aligned16(h0));
 
   // Weights: pass 0 into registers, the others into this lane's slots of shared memory (only
   // this lane reads them: no barrier needed).
@@ -370,19 +529,19 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     const T* prev = prev_rows(p, d, sr);
     for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
       const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
-      for (int64_t e = threadIdx.x; e < static_cast<int64_t>(nb) * K32; e += blockDim.x) {
-        const int64_t b = b0 + e / K32, k = e % K32;
-        A v = A(0);
-        if (k < H) {
-          v = b < n_from_out ? load_cg(prev + b * p.ld + k)
-                             : (p.h0[d] ? to_acc(p.h0[d][b * H + k]) : A(0));
-        }
-        hs[e] = v;
-      }
+      // h_{t-1}: the previous step's rows were written by other blocks (through L2).
+      stage_rows<K32, T>(hs, nb, H, vec, [&](int b) {
+        const int64_t row = b0 + b;
+        return row < n_from_out ? RowSource<T>{prev + row * p.ld, true}
+                                : RowSource<T>{h0 ? h0 + row * H : nullptr, false};
+      });
       __syncthreads();
-      // Partial sums of this lane's k for each of the warp's units, gates and rows.
+      // Partial sums of this lane's k for each of the warp's units, gates and rows; and the
+      // lane holding h_{t-1}[b][j] of the unit puts it beside them (slot 32 of gate 0), where
+      // the lane running the gate math reads it without the bank conflicts of a column of hs.
       for (int q = 0; q < passes; ++q) {
         if (warp + static_cast<int64_t>(kWarps) * q >= th.units) break;  // warp-uniform
+        const int64_t j = th.j0 + warp + static_cast<int64_t>(kWarps) * q;
         for (int b = 0; b < nb; ++b) {
           const A* hb = hs + b * K32 + lane;
           A acc[3] = {A(0), A(0), A(0)};
@@ -402,10 +561,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
               for (int g = 0; g < 3; ++g) acc[g] += to_acc(ws[(g * KT + i) * 32]) * x;
             }
           }
+          A* out = red + (((warp * passes + q) * chunk + b) * 3) * kPartialStride + lane;
 #pragma unroll
-          for (int g = 0; g < 3; ++g) {
-            red[(((warp * passes + q) * chunk + b) * 3 + g) * kPartialStride + lane] = acc[g];
-          }
+          for (int g = 0; g < 3; ++g) out[g * kPartialStride] = acc[g];
+          if (lane == static_cast<int>(j & 31)) out[32 - lane] = hb[j - lane];
         }
       }
       __syncwarp();
@@ -425,7 +584,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
             to_acc(gi[j]) + bias_at(p.b_ih[d], j), to_acc(gi[H + j]) + bias_at(p.b_ih[d], H + j),
             to_acc(gi[2 * H + j]) + bias_at(p.b_ih[d], 2 * H + j), gh[0], gh[1], gh[2],
             bias_at(p.b_hh[d], j), bias_at(p.b_hh[d], H + j), bias_at(p.b_hh[d], 2 * H + j),
-            hs[b * K32 + j], r, z, n, hn, h_new);
+            rp[32], r, z, n, hn, h_new);
         const T h_t = from_acc<T>(h_new);
         p.out[row * p.ld + d * H + j] = h_t;
         if (b0 + b >= finish_from) p.hy[d][(b0 + b) * H + j] = h_t;
@@ -463,6 +622,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   A* red = part + align16(static_cast<size_t>(kWarps) * kLaneUnits * chunk * kPartialStride *
                           sizeof(A)) / sizeof(A);
   const T* W = p.w_hh[d];
+  const bool vec = H % kVec<T> == 0 && aligned16(p.dg[d]);
   // Unit of (pass q, slot v) of this thread's group, counted from the block's first unit.
   auto unit = [&](int q, int v) { return q * kUnitsPerPass + group * kLaneUnits + v; };
 
@@ -494,33 +654,37 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     const StepRows sr = step_rows(p.batch_sizes, p.offsets, p.T_steps, d, t);
     const int64_t n_from_out = sr.n_from_out;
     const T* prev = prev_rows(p, d, sr);
-    // The pointwise pass for this block's units (dh of these units is only touched here).
-    for (int64_t e = tid; e < rows * th.units; e += blockDim.x) {
-      const int64_t b = e / th.units, j = th.j0 + e % th.units, row = off + b;
+    // The pointwise pass for this block's units (dh of these units is only touched here):
+    // (row, unit slot) pairs, rows * units < 2^31 (plan_persistent).
+    const int pairs = static_cast<int>(rows) * shape.units;
+    for (int e = tid; e < pairs; e += blockDim.x) {
+      const int b = divide(e, shape.by_units), u = e - b * shape.units;
+      if (u >= th.units) continue;
+      const int64_t j = th.j0 + u, row = off + b;
       const A h_prev = b < n_from_out ? to_acc(prev[b * ld + j])
                                       : (p.h0[d] ? to_acc(p.h0[d][b * H + j]) : A(0));
       const A* wsr = p.ws_in[d] + row * kWorkspaceGates * H;
-      T* dh = p.dh[d] + b * H + j;
+      A* dh = p.dh[d] + b * H + j;
       A d_r, d_z, d_n, d_hn, dh_prev;
-      gru_cell_backward<A>(to_acc(p.dout[row * ld + d * H + j]) + to_acc(*dh), wsr[j],
-                           wsr[H + j], wsr[2 * H + j], wsr[3 * H + j], h_prev, d_r, d_z, d_n,
-                           d_hn, dh_prev);
+      gru_cell_backward<A>(to_acc(p.dout[row * ld + d * H + j]) + *dh, wsr[j], wsr[H + j],
+                           wsr[2 * H + j], wsr[3 * H + j], h_prev, d_r, d_z, d_n, d_hn,
+                           dh_prev);
       T* dg = p.dg[d] + row * kGradGates * H;
       dg[j] = from_acc<T>(d_r);
       dg[H + j] = from_acc<T>(d_z);
       dg[2 * H + j] = from_acc<T>(d_hn);
       dg[3 * H + j] = from_acc<T>(d_n);
       p.hp[d][row * H + j] = from_acc<T>(h_prev);
-      *dh = from_acc<T>(dh_prev);
+      *dh = dh_prev;
     }
     grid.sync();  // every unit's dG_h of step t is written
     // dh_{t-1}[b][j] += sum_k dG_h[b][k] W_hh[k][j] for this block's units.
     for (int64_t b0 = 0; b0 < rows; b0 += chunk) {
       const int nb = static_cast<int>(rows - b0 < chunk ? rows - b0 : chunk);
-      for (int64_t e = tid; e < static_cast<int64_t>(nb) * KROW; e += blockDim.x) {
-        const int64_t b = b0 + e / KROW, k = e % KROW;
-        dgs[e] = k < G ? load_cg(p.dg[d] + (off + b) * kGradGates * H + k) : A(0);
-      }
+      // dG_h of the step's rows, written by other blocks (through L2).
+      stage_rows<KROW, T>(dgs, nb, G, vec, [&](int b) {
+        return RowSource<T>{p.dg[d] + (off + b0 + b) * kGradGates * H, true};
+      });
       __syncthreads();
       // Each dG value loaded once serves kLaneUnits units.
       for (int q = 0; q < passes; ++q) {
@@ -571,8 +735,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
         if (u >= th.units) continue;
         const A* r = red + u * chunk + b;
         const A sum = (r[0] + r[stride]) + (r[2 * stride] + r[3 * stride]);
-        T* dh = p.dh[d] + (b0 + b) * H + th.j0 + u;
-        *dh = from_acc<T>(to_acc(*dh) + sum);
+        A* dh = p.dh[d] + (b0 + b) * H + th.j0 + u;
+        *dh = *dh + sum;
       }
       // The next chunk rewrites dgs and the partial sums; the next step's pointwise pass reads
       // dh written here by other threads of the block.
@@ -587,47 +751,70 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 
 template <typename T>
 cudaError_t forward_step(const ForwardStep<T>& args, cudaStream_t stream) {
-  const int64_t total = (args.rows[0] + (args.D > 1 ? args.rows[1] : 0)) * args.H;
-  if (total == 0) return cudaSuccess;
-  return launch(forward_step_kernel<T>, false, blocks_for(total), kThreads, 0, stream, args);
+  const int64_t rows = std::max<int64_t>(args.rows[0], args.D > 1 ? args.rows[1] : 0);
+  if (rows == 0 || args.H == 0) return cudaSuccess;
+  const PointwiseGeometry g = pointwise_geometry(args.H, rows, args.D);
+  return launch(what("forward_step", dtype_name<T>()), forward_step_kernel<T>, g.grid, g.block, 0,
+                stream, args);
 }
 
 template <typename T>
 cudaError_t backward_step(const BackwardStep<T>& args, cudaStream_t stream) {
-  const int64_t total = args.D * args.N * args.H;
-  if (total == 0) return cudaSuccess;
-  return launch(backward_step_kernel<T>, false, blocks_for(total), kThreads, 0, stream, args);
+  if (args.N == 0 || args.H == 0) return cudaSuccess;
+  const PointwiseGeometry g = pointwise_geometry(args.H, args.N, args.D);
+  return launch(what("backward_step", dtype_name<T>()), backward_step_kernel<T>, g.grid, g.block,
+                0, stream, args);
+}
+
+int64_t column_sum_scratch(int64_t rows, int64_t cols) {
+  const int64_t parts = column_sum_parts(rows);
+  return parts > 1 ? parts * cols : 0;
 }
 
 template <typename T>
 cudaError_t column_sum(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst,
-                       cudaStream_t stream) {
+                       typename Acc<T>::type* partials, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
   if (cols == 0) return cudaSuccess;
-  return launch(column_sum_kernel<T>, false, blocks_for(cols), kThreads, 0, stream, rows, cols,
-                src, ld, dst);
+  const int64_t parts = column_sum_parts(rows);
+  const int64_t per_part = (rows + parts - 1) / parts;
+  const dim3 block(kSumColumns, kSumLanes);
+  const unsigned column_blocks = static_cast<unsigned>((cols + kSumColumns - 1) / kSumColumns);
+  const size_t smem = kSumLanes * kSumColumns * sizeof(A);
+  if (parts == 1) {
+    return launch(what("column_sum", dtype_name<T>()), column_sum_kernel<T, T>,
+                  dim3(column_blocks), block, smem, stream, rows, cols, src, ld, per_part, dst);
+  }
+  const cudaError_t err = launch(what("column_sum_partials", dtype_name<T>()),
+                                 column_sum_kernel<T, A>,
+                                 dim3(column_blocks, static_cast<unsigned>(parts)), block, smem,
+                                 stream, rows, cols, src, ld, per_part, partials);
+  if (err != cudaSuccess) return err;
+  const A* sums = partials;
+  return launch(what("column_sum", dtype_name<T>()), column_sum_kernel<A, T>, dim3(column_blocks),
+                block, smem, stream, parts, cols, sums, cols, parts, dst);
+}
+
+template <typename S, typename D>
+cudaError_t convert(int64_t n, const S* src, D* dst, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return launch(what("convert", dtype_name<S>()), convert_kernel<S, D>, blocks_for(n), kThreads,
+                0, stream, n, src, dst);
 }
 
 template <typename T>
 cudaError_t multiply(int64_t n, const T* a, const T* b, T* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  return launch(multiply_kernel<T>, false, blocks_for(n), kThreads, 0, stream, n, a, b, out);
+  return launch(what("multiply", dtype_name<T>()), multiply_kernel<T>, blocks_for(n), kThreads, 0,
+                stream, n, a, b, out);
 }
-
-// The register tile of the persistent kernels: KT = 32 i-slots per lane cover H <= 32 KT.
-template <typename T>
-constexpr int max_kt() {
-  return sizeof(typename Acc<T>::type) == 8 ? 16 : 32;  // register budget: <= 96 32-bit words
-}
-
-template <typename T>
-using PersistentKernel = void (*)(PersistentLayer<T>, PersistentShape);
 
 template <typename T>
 PersistentKernel<T> persistent_kernel(bool backward, int kt) {
   switch (kt) {
 #define GRU_NATIVE_KT(K)                                                                  \
   case K:                                                                                 \
-    if constexpr (K <= max_kt<T>()) {                                                     \
+    if constexpr (K <= persistent_max_kt<T>()) {                                          \
       return backward ? persistent_backward_kernel<T, K> : persistent_forward_kernel<T, K>; \
     }                                                                                     \
     break;
@@ -642,66 +829,8 @@ PersistentKernel<T> persistent_kernel(bool backward, int kt) {
 }
 
 template <typename T>
-PersistentPlan plan_persistent(int D, int64_t N, int64_t H, bool backward, int device) {
-  PersistentPlan plan;
-  int sms = 0, coop = 0, max_smem = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    cudaGetLastError();  // clear the failed query's error
-    return plan;
-  }
-  if (!coop || N <= 0 || H <= 0) return plan;
-  int kt = 2;
-  while (32 * static_cast<int64_t>(kt) < H && kt < max_kt<T>()) kt *= 2;
-  if (32 * static_cast<int64_t>(kt) < H) return plan;  // the register tile is too small
-  // One block per multiprocessor at most, as many as give every warp one unit (pass 0 in
-  // registers); where the multiprocessors run out, more units per block (passes >= 1 in shared
-  // memory), spread evenly.
-  const int64_t per_dir = sms / D;
-  if (per_dir < 1) return plan;
-  int64_t units = kWarps;
-  int64_t blocks = (H + units - 1) / units;
-  if (blocks > per_dir) {
-    blocks = per_dir;
-    units = (H + blocks - 1) / blocks;
-    blocks = (H + units - 1) / units;
-  }
-  const int passes = static_cast<int>((units + kWarps - 1) / kWarps);
-  // Rows staged per chunk: as many as shared memory holds, at most the batch.
-  int chunk = static_cast<int>(std::min<int64_t>(N, 64));
-  while (chunk > 0 && persistent_smem<T>(backward, kt, passes, chunk) >
-                          static_cast<size_t>(max_smem)) {
-    --chunk;
-  }
-  if (chunk < 1) return plan;
-  const size_t smem = persistent_smem<T>(backward, kt, passes, chunk);
-  PersistentKernel<T> kernel = persistent_kernel<T>(backward, kt);
-  // The device's opt-in maximum, the same value on every call: a per-call size could be
-  // lowered by another host thread between this plan and its launch.
-  if (kernel == nullptr ||
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) !=
-          cudaSuccess) {
-    cudaGetLastError();
-    return plan;
-  }
-  int resident = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kPersistentThreads,
-                                                    smem) != cudaSuccess ||
-      static_cast<int64_t>(resident) * sms < blocks * D) {
-    cudaGetLastError();
-    return plan;
-  }
-  plan.fits = true;
-  plan.threads = kPersistentThreads;
-  plan.kt = kt;
-  plan.smem = smem;
-  plan.shape.blocks_per_direction = static_cast<int>(blocks);
-  plan.shape.units = static_cast<int>(units);
-  plan.shape.passes = passes;
-  plan.shape.chunk = chunk;
-  return plan;
+size_t persistent_smem(bool backward, int kt, int passes, int chunk) {
+  return block_smem<T>(backward, kt, passes, chunk);
 }
 
 template <typename T>
@@ -709,7 +838,11 @@ static cudaError_t launch_persistent(bool backward, const PersistentLayer<T>& la
                                      const PersistentPlan& plan, cudaStream_t stream) {
   PersistentKernel<T> kernel = plan.fits ? persistent_kernel<T>(backward, plan.kt) : nullptr;
   if (kernel == nullptr) return cudaErrorInvalidConfiguration;
-  return launch(kernel, true, dim3(plan.shape.blocks_per_direction * layer.D),
+  LaunchRecord record =
+      what(backward ? "persistent_backward" : "persistent_forward", dtype_name<T>(), true);
+  record.kt = plan.kt;
+  record.shape = plan.shape;
+  return launch(record, kernel, dim3(plan.shape.blocks_per_direction * layer.D),
                 dim3(plan.threads), plan.smem, stream, layer, plan.shape);
 }
 
@@ -729,9 +862,11 @@ cudaError_t persistent_backward(const PersistentLayer<T>& layer, const Persisten
 #define GRU_NATIVE_INSTANTIATE(T)                                                               \
   template cudaError_t forward_step<T>(const ForwardStep<T>&, cudaStream_t);                  \
   template cudaError_t backward_step<T>(const BackwardStep<T>&, cudaStream_t);                \
-  template cudaError_t column_sum<T>(int64_t, int64_t, const T*, int64_t, T*, cudaStream_t);  \
+  template cudaError_t column_sum<T>(int64_t, int64_t, const T*, int64_t, T*,                \
+                                     typename Acc<T>::type*, cudaStream_t);                    \
   template cudaError_t multiply<T>(int64_t, const T*, const T*, T*, cudaStream_t);            \
-  template PersistentPlan plan_persistent<T>(int, int64_t, int64_t, bool, int);                \
+  template PersistentKernel<T> persistent_kernel<T>(bool, int);                                 \
+  template size_t persistent_smem<T>(bool, int, int, int);                                     \
   template cudaError_t persistent_forward<T>(const PersistentLayer<T>&, const PersistentPlan&, \
                                              cudaStream_t);                                     \
   template cudaError_t persistent_backward<T>(const PersistentLayer<T>&,                        \
@@ -741,5 +876,11 @@ GRU_NATIVE_INSTANTIATE(double)
 GRU_NATIVE_INSTANTIATE(__half)
 GRU_NATIVE_INSTANTIATE(__nv_bfloat16)
 #undef GRU_NATIVE_INSTANTIATE
+template cudaError_t convert<__half, float>(int64_t, const __half*, float*, cudaStream_t);
+template cudaError_t convert<float, __half>(int64_t, const float*, __half*, cudaStream_t);
+template cudaError_t convert<__nv_bfloat16, float>(int64_t, const __nv_bfloat16*, float*,
+                                                   cudaStream_t);
+template cudaError_t convert<float, __nv_bfloat16>(int64_t, const float*, __nv_bfloat16*,
+                                                   cudaStream_t);
 
 }  // namespace gru_native::cuda

@@ -249,7 +249,9 @@ cublasStatus_t cublasGemmStridedBatchedEx(
   const bool f32 = same && Atype == CUDA_R_32F &&
                    (computeType == CUBLAS_COMPUTE_32F || computeType == CUBLAS_COMPUTE_32F_PEDANTIC ||
                     computeType == CUBLAS_COMPUTE_32F_FAST_TF32);
-  const bool f16 = same && (Atype == CUDA_R_16F || Atype == CUDA_R_16BF) &&
+  // The half types: C of the inputs' type, or float (cuBLAS's CUDA_R_16F/16BF x CUDA_R_32F).
+  const bool f16 = Atype == Btype && (Atype == CUDA_R_16F || Atype == CUDA_R_16BF) &&
+                   (Ctype == Atype || Ctype == CUDA_R_32F) &&
                    (computeType == CUBLAS_COMPUTE_32F || computeType == CUBLAS_COMPUTE_32F_PEDANTIC);
   if (!(f64 || f32 || f16) || (algo != CUBLAS_GEMM_DEFAULT && algo != CUBLAS_GEMM_DEFAULT_TENSOR_OP)) {
     return CUBLAS_STATUS_NOT_SUPPORTED;

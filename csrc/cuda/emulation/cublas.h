@@ -6,8 +6,10 @@
 // errors are cuBLAS's (CUBLAS_STATUS_INVALID_VALUE for m, n, k or batchCount < 0, an op that is
 // not N, T or C, lda < max(1, rows of A as stored: m for op N, else k), ldb < max(1, k for op N,
 // else n), ldc < max(1, m); CUBLAS_STATUS_NOT_SUPPORTED for a type combination it does not
-// have); the emulation also refuses (INVALID_VALUE) output batches that overlap, which cuBLAS
-// leaves undefined. The product is queued on the handle's stream like a kernel (streams.cpp).
+// have: A, B and C all double, all float, all half or all bfloat16, or half or bfloat16 A and
+// B with a float C, as in cuBLAS's table); the emulation also refuses (INVALID_VALUE) output
+// batches that overlap, which cuBLAS leaves undefined. The product is queued on the handle's
+// stream like a kernel (streams.cpp).
 // What it computes (cublas.cpp): the products in the compute type (float for CUBLAS_COMPUTE_32F,
 // double for 64F); with CUBLAS_COMPUTE_32F_FAST_TF32, A and B rounded to TF32 first (10-bit
 // mantissa, as tensor cores read them); for 16-bit outputs, unless the math mode has

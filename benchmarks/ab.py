@@ -1,0 +1,165 @@
+"""Before and after: gru_native from two source trees, each built in place, timed side by side.
+
+Two builds of the extension cannot share a process (both register the gru_native op namespace),
+so each tree gets a worker process (PYTHONPATH=<tree>), and this one interleaves them: per round
+one timed call in A, then one in B, on the same shapes, weights and inputs (seeded alike), after
+a warm-up; the medians and B's speedup (A median / B median) per case. nn.GRU runs in both
+workers' rounds too, as a check that the two processes see the same machine (its A/B ratio
+should be near 1).
+
+    python benchmarks/ab.py BEFORE_TREE AFTER_TREE [--cases canonical,stepwise] [--rounds 15]
+
+Each tree must hold a gru_native/_C built for this Python and torch (`python setup.py
+build_ext --inplace` in it). Cases: the canonical dense shapes (inference, training) and the
+step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CANONICAL = [("seed", 9, 3, 5, 5, 1, False), ("seed-2L-bi", 9, 3, 5, 5, 2, True),
+             ("small", 100, 32, 64, 64, 1, False), ("medium-2L-bi", 100, 32, 256, 256, 2, True),
+             ("large", 50, 64, 512, 1024, 1, False), ("latency-B1", 200, 1, 256, 256, 1, False)]
+STEP_N, STEP_H = (1, 8, 64), (64, 256, 1024)
+
+
+def cases(groups):
+    out = []
+    if "canonical" in groups:
+        for name, T, N, C, H, L, bi in CANONICAL:
+            for mode in ("inference", "training"):
+                out.append(dict(name=name, kind="gru", T=T, N=N, C=C, H=H, L=L, bi=bi,
+                                mode=mode, h0=False))
+    if "stepwise" in groups:
+        for kind in ("cell", "gru"):
+            for N in STEP_N:
+                for H in STEP_H:
+                    for mode in ("inference", "training"):
+                        out.append(dict(name=f"{kind} N={N} H={H}" + (" T=1" if kind == "gru"
+                                                                      else ""),
+                                        kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False, mode=mode,
+                                        h0=True))
+    return out
+
+
+# -- the worker: runs in each tree's process ------------------------------------------------------
+
+def _runner(spec, impl):
+    import torch
+
+    import gru_native
+
+    torch.manual_seed(0)
+    if spec["kind"] == "cell":
+        ref = torch.nn.GRUCell(spec["C"], spec["H"])
+        mod = ref if impl == "nn" else gru_native.GRUCell(spec["C"], spec["H"])
+        x = torch.randn(spec["N"], spec["C"])
+        args = (x, torch.randn(spec["N"], spec["H"]))
+    else:
+        D = 2 if spec["bi"] else 1
+        ref = torch.nn.GRU(spec["C"], spec["H"], spec["L"], bidirectional=spec["bi"])
+        mod = ref if impl == "nn" else gru_native.GRU(spec["C"], spec["H"], spec["L"],
+                                                      bidirectional=spec["bi"])
+        x = torch.randn(spec["T"], spec["N"], spec["C"])
+        args = (x,) + ((torch.randn(spec["L"] * D, spec["N"], spec["H"]),) if spec["h0"]
+                       else ())
+    if mod is not ref:
+        mod.load_state_dict(ref.state_dict())
+    if spec["mode"] == "inference":
+        def run():
+            with torch.no_grad():
+                mod(*args)
+        return run
+    xg = x.detach().clone().requires_grad_()
+    targs = (xg,) + args[1:]
+
+    def run():
+        out = mod(*targs)
+        loss = out.sum() if isinstance(out, torch.Tensor) else out[0].sum() + out[1].sum()
+        loss.backward()
+    return run
+
+
+def worker():
+    runners = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        key = (json.dumps(msg["spec"], sort_keys=True), msg["impl"])
+        if key not in runners:
+            runners[key] = _runner(msg["spec"], msg["impl"])
+        fn = runners[key]
+        times = []
+        for _ in range(msg["calls"]):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(times), flush=True)
+
+
+# -- the controller -------------------------------------------------------------------------------
+
+class Worker:
+    def __init__(self, tree):
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd=os.path.abspath(tree))
+
+    def time(self, spec, impl, calls):
+        self.proc.stdin.write(json.dumps({"spec": spec, "impl": impl, "calls": calls}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a worker died")
+        return json.loads(line)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("before")
+    p.add_argument("after")
+    p.add_argument("--cases", default="canonical,stepwise")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--budget", type=float, default=2.0,
+                   help="seconds per case and implementation, at most (rounds shrink to fit)")
+    args = p.parse_args()
+    a, b = Worker(args.before), Worker(args.after)
+    print(f"# A = {args.before}, B = {args.after}; {time.strftime('%Y-%m-%d %H:%M')}; "
+          f"command: python {' '.join(sys.argv)}")
+    print(f"{'case':<24} {'mode':<9} | {'A ours':>10} {'B ours':>10} {'A/B':>6} | "
+          f"{'nn.GRU A/B':>10}")
+    ratios = []
+    for spec in cases(args.cases.split(",")):
+        for w in (a, b):  # warm-up, and the size of a call
+            w.time(spec, "nn", 2)
+            first = w.time(spec, "ours", 2)[-1]
+        rounds = max(5, min(args.rounds, int(args.budget / max(first, 1e-6))))
+        calls = 1 if first > 1e-3 else max(1, int(1e-3 / max(first, 1e-7)))
+        samples = {k: [] for k in ("a", "b", "na", "nb")}
+        for _ in range(rounds):
+            samples["a"].append(statistics.median(a.time(spec, "ours", calls)))
+            samples["b"].append(statistics.median(b.time(spec, "ours", calls)))
+            samples["na"].append(statistics.median(a.time(spec, "nn", calls)))
+            samples["nb"].append(statistics.median(b.time(spec, "nn", calls)))
+        m = {k: statistics.median(v) for k, v in samples.items()}
+        ratios.append(m["a"] / m["b"])
+        print(f"{spec['name']:<24} {spec['mode']:<9} | {m['a'] * 1e3:>8.3f}ms {m['b'] * 1e3:>8.3f}ms "
+              f"{m['a'] / m['b']:>6.2f} | {m['na'] / m['nb']:>10.2f}", flush=True)
+    print(f"# B over A: geometric mean {statistics.geometric_mean(ratios):.3f}, "
+          f"min {min(ratios):.2f}, max {max(ratios):.2f} over {len(ratios)} cases")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker()
+    else:
+        sys.exit(main())
