@@ -186,16 +186,26 @@ inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // __ldg: a load through the read-only (non-coherent) cache: a plain load here. __ldcg: a load
 // that bypasses L1, coherent across blocks after grid.sync(): an atomic (relaxed) load here, so
-// that the coherence check (coherence.cpp) tells it from a plain one.
+// that the coherence check (coherence.cpp) tells it from a plain one. A 16-byte vector (float4,
+// the kernels' staging loads: ld.global.cg.v4) is two atomic 8-byte loads.
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
 template <typename T>
 inline T __ldcg(const T* p) {
-  static_assert(sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "__ldcg of 2, 4 or 8 bytes");
+  static_assert(std::is_trivially_copyable<T>::value &&
+                    (sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16),
+                "__ldcg of 2, 4, 8 or 16 bytes");
   T v;
-  __atomic_load(p, &v, __ATOMIC_RELAXED);
+  if constexpr (sizeof(T) == 16) {
+    const uint64_t* q = reinterpret_cast<const uint64_t*>(p);
+    const uint64_t halves[2] = {__atomic_load_n(q, __ATOMIC_RELAXED),
+                                __atomic_load_n(q + 1, __ATOMIC_RELAXED)};
+    std::memcpy(&v, halves, 16);
+  } else {
+    __atomic_load(p, &v, __ATOMIC_RELAXED);
+  }
   return v;
 }
 
