@@ -103,14 +103,15 @@ def get_extensions():
                     extra_link_args=list(openmp))
 
     if emulation:
-        # The CUDA backend on the host: gru_cuda.cpp and kernels.cu (through kernels_emulated.cpp)
-        # against the emulation's CUDA headers, registered for CPU tensors
-        # (emulation/device_emulated.cpp) instead of the CPU backend (gru_cpu.cpp); the rest of
+        # The CUDA backend on the host: gru_cuda.cpp, device_cuda.cpp and the .cu files (through
+        # kernels_emulated.cpp) against the emulation's CUDA and cuBLAS headers, with the
+        # emulation's torch seam (emulation/torch_emulated.cpp, registering it for CPU tensors)
+        # instead of the GPU's (torch_cuda.cpp) and of the CPU backend (gru_cpu.cpp); the rest of
         # csrc/cpu stays (the kernels' activations, the host cache).
         emu = os.path.join("csrc", "cuda", "emulation")
         emu_sources = [s for s in sources if os.path.basename(s) != "gru_cpu.cpp"] + [
-            os.path.join("csrc", "cuda", name) for name in (
-                "gru_cuda.cpp", "persistent_plan.cpp", "launch_record.cpp", "introspect_cuda.cpp")
+            s for s in sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+            if os.path.basename(s) != "torch_cuda.cpp"
         ] + sorted(glob.glob(os.path.join(emu, "*.cpp")))
         kwargs = common()
         kwargs["include_dirs"] = [os.path.join(ROOT, emu, "include")] + kwargs["include_dirs"]

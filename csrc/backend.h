@@ -57,7 +57,8 @@ std::vector<std::pair<c10::DeviceType, const BackendEntry*>> registered_backends
 
 void add_backend(c10::DeviceType type, const BackendEntry* entry);
 
-// The entry points of one backend: the driver inside the backend's device guard.
+// The entry points of one backend: the driver inside the backend's device guard, whose finish()
+// marks the point where the results are handed back to the caller.
 template <typename Backend>
 struct Entries {
   static ForwardResult forward(const at::Tensor& input, const std::optional<at::Tensor>& hx,
@@ -66,8 +67,11 @@ struct Entries {
                                const std::optional<at::Tensor>& dropout_mask, bool has_biases,
                                int64_t num_layers, bool bidirectional, bool need_workspace) {
     const typename Backend::Guard guard(input);
-    return Stack<Backend>::forward(input, hx, weights, batch_sizes, dropout_mask, has_biases,
-                                   num_layers, bidirectional, need_workspace);
+    ForwardResult result = Stack<Backend>::forward(input, hx, weights, batch_sizes, dropout_mask,
+                                                   has_biases, num_layers, bidirectional,
+                                                   need_workspace);
+    guard.finish();
+    return result;
   }
 
   // The op's kernel: [0] tensors for the workspace tensors not kept (an op cannot return an
@@ -94,10 +98,12 @@ struct Entries {
       int64_t num_layers, bool bidirectional, bool need_input_grad, bool need_weight_grad,
       bool need_hx_grad) {
     const typename Backend::Guard guard(input);
-    return Stack<Backend>::backward(grad_output, grad_hy, input, hx, weights, batch_sizes,
-                                    dropout_mask, output, workspace, layer_outputs, has_biases,
-                                    num_layers, bidirectional, need_input_grad,
-                                    need_weight_grad, need_hx_grad);
+    BackwardResult result = Stack<Backend>::backward(
+        grad_output, grad_hy, input, hx, weights, batch_sizes, dropout_mask, output, workspace,
+        layer_outputs, has_biases, num_layers, bidirectional, need_input_grad, need_weight_grad,
+        need_hx_grad);
+    guard.finish();
+    return result;
   }
 
   static constexpr BackendEntry entry{Backend::kName, &Backend::supports,

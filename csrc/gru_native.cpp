@@ -2,8 +2,8 @@
 // gru_native._C.
 //
 // Each backend registers its kernels for the dispatch key of its tensors (backend.h:
-// register_backend, called from cpu/gru_cpu.cpp, cuda/device_cuda.cpp or
-// cuda/emulation/device_emulated.cpp); autograd.cpp registers the one Autograd kernel; the fake
+// register_backend, called from cpu/gru_cpu.cpp, cuda/torch_cuda.cpp or
+// cuda/emulation/torch_emulated.cpp); autograd.cpp registers the one Autograd kernel; the fake
 // (meta) kernels are registered in Python, gru_native/_registration.py.
 #include <torch/extension.h>
 #include <torch/library.h>

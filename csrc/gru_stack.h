@@ -7,7 +7,8 @@
 //   kName                                "CPU", "CUDA": for error messages
 //   kDtypes                              the dtypes it takes, as text, for error messages
 //   supports(at::ScalarType)             the dtypes its kernels take
-//   Guard                                a device guard constructed from the input tensor
+//   Guard                                a device guard constructed from the input tensor;
+//                                        finish() once the results are handed back
 //   dispatch(at::ScalarType, f)          calls f(static_cast<T*>(nullptr)) for the element type
 //   forward_layer<T>(LayerForwardParams<T>)
 //   backward_layer<T>(LayerBackwardParams<T>)

@@ -1,13 +1,9 @@
 // device.h: what the CUDA backend (gru_cuda.cpp) needs from the device it runs on: the stream,
-// the device guard, memory, copies, the GEMMs, error checks. Two implementations of this one
-// interface:
-//   device_cuda.cpp               a GPU: c10's current CUDA stream and device, the caching
-//                                 allocator, cuBLAS with torch's handle;
-//   emulation/device_emulated.cpp the CUDA emulation (emulation/runtime.h): CPU tensors stand for
-//                                 device memory, GEMMs run on the host, errors are the CPU's.
-// Besides this header, gru_cuda.cpp sees the kernels' (kernels.cuh), the driver's (gru_stack.h)
-// and the backend table's (backend.h); each implementation also registers the backend for its
-// tensors' dispatch key (gru_cuda.h).
+// the device guard, memory, copies, the GEMMs, error checks. One implementation, device_cuda.cpp,
+// on the CUDA runtime and cuBLAS, and on torch through torch_cuda.h; it is compiled for a GPU
+// and, unchanged, on the CUDA emulation (emulation/runtime.h), whose CPU tensors stand for
+// device memory. Besides this header, gru_cuda.cpp sees the kernels' (kernels.cuh), the
+// driver's (gru_stack.h) and the backend table's (backend.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,10 +28,13 @@ at::TensorOptions options(at::ScalarType t);
 at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // Makes `t`'s device current for the guard's lifetime (a no-op for tensors of other devices).
+// finish(): the op's results are handed back (torch_cuda::hand_back; raises what the emulation
+// found wrong in the work it ran there).
 class Guard {
  public:
   explicit Guard(const at::Tensor& t);
   ~Guard();
+  void finish() const;
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
 
@@ -54,12 +53,14 @@ void copy(void* dst, const void* src, size_t bytes);
 void zero(void* dst, size_t bytes);
 
 // batch_sizes then offsets of the schedule, [2, T] int64 on the current device, copied on
-// stream() (staged in pinned memory on a GPU). Keep the tensor until the work using it is done.
+// stream() from pinned memory (through kernel arguments while the stream is captured into a CUDA
+// graph). Keep the tensor until the work using it is done.
 at::Tensor schedule(const StepSchedule& s);
 
 // C_b = A_b B_b + beta C_b for b < batch, on stream(): C_b[M, N] row-major with leading dimension
 // ldc at C + b * stride_c; A_b[M, K] = A at A.p + b * stride_a, B_b[K, N] likewise (each with one
-// unit stride, rows or columns). Accumulates in float for the half types (double for double).
+// unit stride, rows or columns). cuBLAS with torch's handle: accumulates in float for the half
+// types (double for double), with torch's TF32 and reduced-precision-reduction settings.
 // T: float, double, at::Half, at::BFloat16; C of type T, or float for the half types (TC).
 template <typename T, typename TC = T>
 void gemm(int64_t batch, int64_t M, int64_t N, int64_t K, MatRef<T> A, int64_t stride_a,

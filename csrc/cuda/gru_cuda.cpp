@@ -1,9 +1,9 @@
 // gru_cuda.cpp: the CUDA backend: the driver (gru_stack.h) on the CUDA kernels (kernels.cu). The
 // binding layer: path choice, the GEMM path's step loop, the persistent path's setup, dtype
 // mapping. Everything device-specific (stream, device guard, memory, copies, GEMMs, error checks)
-// goes through device.h, so this one source serves a GPU (device_cuda.cpp) and the CUDA
-// emulation on CPU tensors (emulation/device_emulated.cpp); each of those registers it for its
-// tensors' dispatch key (register_cuda_backend, gru_cuda.h).
+// goes through device.h (device_cuda.cpp), so this one source serves a GPU and the CUDA
+// emulation on CPU tensors; torch_cuda.cpp and emulation/torch_emulated.cpp register it for
+// their tensors' dispatch key (register_cuda_backend, gru_cuda.h).
 #include "cuda/gru_cuda.h"
 
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
 // gru_cuda.h: the CUDA backend's registration, for the file that serves its tensors:
-// device_cuda.cpp (CUDA tensors on a GPU) or emulation/device_emulated.cpp (CPU tensors on the
+// torch_cuda.cpp (CUDA tensors on a GPU) or emulation/torch_emulated.cpp (CPU tensors on the
 // CUDA emulation), each from the TORCH_LIBRARY_IMPL of its tensors' dispatch key; and its
 // introspection, for gru_native._C (gru_native.cpp).
 #pragma once

@@ -1,5 +1,6 @@
 // device_model.cpp: the emulated device (runtime.h): its configuration from the environment,
-// device and function attributes, occupancy, and the runtime's errors.
+// device and function attributes, the kernels' register counts, occupancy, and the runtime's
+// errors.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -42,7 +43,6 @@ DeviceConfig config() {
   c.smem_optin = env_int("GRU_NATIVE_EMULATION_SMEM", 232448);
   c.smem_per_sm = std::max(env_int("GRU_NATIVE_EMULATION_SMEM_PER_SM", 233472),
                            c.smem_optin + kReservedSmemPerBlock);
-  c.regs = std::min(255, std::max(16, env_int("GRU_NATIVE_EMULATION_REGS", 64)));
   c.cooperative = env_int("GRU_NATIVE_EMULATION_COOPERATIVE", 1) != 0;
   return c;
 }
@@ -65,6 +65,10 @@ void set_last_error(cudaError_t err) {
 const char* last_failure() { return failure_text.c_str(); }
 void set_last_failure(const std::string& why) { failure_text = why; }
 
+namespace {
+const char* base_error_string(cudaError_t err);
+}  // namespace
+
 const char* error_name(cudaError_t err) {
   switch (err) {
     case cudaSuccess: return "cudaSuccess";
@@ -73,15 +77,30 @@ const char* error_name(cudaError_t err) {
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
   }
   return "cudaErrorUnknown";
 }
 
 const char* error_string(cudaError_t err) {
+  if ((err != cudaErrorLaunchFailure && err != cudaErrorIllegalAddress) || failure_text.empty()) {
+    return base_error_string(err);
+  }
+  thread_local std::string text;
+  text = std::string(base_error_string(err)) + " (CUDA emulation: " + failure_text + ")";
+  return text.c_str();
+}
+
+namespace {
+const char* base_error_string(cudaError_t err) {
   switch (err) {  // CUDA's texts
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
@@ -89,14 +108,22 @@ const char* error_string(cudaError_t err) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDeviceFunction: return "invalid device function";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorCooperativeLaunchTooLarge:
       return "too many blocks in cooperative launch";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
   }
   return "unknown error";
 }
+}  // namespace
 
 // -- the device ----------------------------------------------------------------------------------
 
@@ -114,10 +141,42 @@ int function_max_dynamic_smem(const void* func) {
   return it == max_dynamic_smem().end() ? kDefaultDynamicSmem : it->second;
 }
 
-int blocks_per_sm(const DeviceConfig& c, int threads, size_t smem) {
+namespace {
+struct KernelTable {
+  std::mutex mutex;
+  std::unordered_map<const void*, KernelInfo> kernels;
+};
+KernelTable& kernel_table() {
+  static auto* table = new KernelTable();  // never destroyed
+  return *table;
+}
+}  // namespace
+
+bool register_kernels(const KernelInfo* kernels, size_t n) {
+  KernelTable& t = kernel_table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  for (size_t i = 0; i < n; ++i) t.kernels[kernels[i].func] = kernels[i];
+  return true;
+}
+
+int kernel_registers(const void* func) {
+  KernelTable& t = kernel_table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  auto it = t.kernels.find(func);
+  return it == t.kernels.end() ? kUnlistedRegisters : it->second.regs;
+}
+
+const char* kernel_name(const void* func) {
+  KernelTable& t = kernel_table();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  auto it = t.kernels.find(func);
+  return it == t.kernels.end() ? "a kernel" : it->second.name;
+}
+
+int blocks_per_sm(const DeviceConfig& c, int regs, int threads, size_t smem) {
   const int warps = (threads + 31) / 32;
   const int by_threads = kMaxThreadsPerSm / (warps * 32);
-  const int regs_per_warp = (c.regs * 32 + 255) / 256 * 256;
+  const int regs_per_warp = (regs * 32 + 255) / 256 * 256;
   const int by_regs = kRegistersPerSm / (regs_per_warp * warps);
   const int by_smem = static_cast<int>(static_cast<size_t>(c.smem_per_sm) /
                                        (smem + kReservedSmemPerBlock));
@@ -174,7 +233,7 @@ cudaError_t function_attributes(cudaFuncAttributes* attr, const void* func) {
   if (func == nullptr) return cudaErrorInvalidDeviceFunction;
   std::memset(attr, 0, sizeof(*attr));
   attr->maxThreadsPerBlock = 1024;
-  attr->numRegs = config().regs;
+  attr->numRegs = kernel_registers(func);
   attr->maxDynamicSharedSizeBytes = function_max_dynamic_smem(func);
   attr->ptxVersion = attr->binaryVersion = 90;
   return cudaSuccess;
@@ -185,7 +244,7 @@ cudaError_t occupancy(int* blocks, const void* func, int threads, size_t smem) {
   if (func == nullptr) return cudaErrorInvalidDeviceFunction;
   if (threads <= 0 || threads > 1024) return cudaErrorInvalidValue;
   if (smem > static_cast<size_t>(function_max_dynamic_smem(func))) return cudaSuccess;
-  *blocks = blocks_per_sm(config(), threads, smem);
+  *blocks = blocks_per_sm(config(), kernel_registers(func), threads, smem);
   return cudaSuccess;
 }
 

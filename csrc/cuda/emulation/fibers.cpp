@@ -226,6 +226,7 @@ void release_fibers(Group& g) {
 
 // The thread has ended: the barriers of its groups no longer wait for it.
 void exit_thread(ThreadState& t) {
+  thread_exited(t, t.launch->grid_group.arrived);
   Group* groups[3];
   const int n = groups_of(t, groups);
   for (int i = 0; i < n; ++i) {
@@ -294,8 +295,8 @@ void abandon_fiber() {
   std::abort();
 }
 
-// Runs the fibers of blocks [first, first + count) of L until all finish or none can go on.
-void run_fibers(Launch& L, std::vector<std::unique_ptr<Block>>& blocks, int64_t first) {
+// Runs the fibers of `blocks` of L until all finish or none can go on.
+void run_fibers(Launch& L, std::vector<std::unique_ptr<Block>>& blocks) {
   Scheduler s;
   s.launch = &L;
   Scheduler* outer = scheduler;
@@ -322,7 +323,9 @@ void run_fibers(Launch& L, std::vector<std::unique_ptr<Block>>& blocks, int64_t 
       }
       Block& b = *blocks[static_cast<size_t>(next / n)];
       init_thread(f->state, L, b, static_cast<int>(next % n));
-      f->key = (first + next / n) * n + next % n;
+      f->state.stack_lo = static_cast<const char*>(f->stack.base);
+      f->state.stack_hi = f->state.stack_lo + f->stack.size;
+      f->key = b.linear * n + next % n;
       f->done = false;
       start_fiber(f);
       ++s.live;

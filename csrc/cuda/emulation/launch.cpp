@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,8 @@ void init_block(Block& b, const Launch& L, int64_t linear, size_t smem) {
   const int n = L.threads();
   b.group.what = "__syncthreads()";
   b.group.size = n;
+  b.linear = linear;
+  b.live = n;
   b.index = uint3{static_cast<unsigned>(linear % L.grid.x),
                   static_cast<unsigned>((linear / L.grid.x) % L.grid.y),
                   static_cast<unsigned>(linear / (int64_t(L.grid.x) * L.grid.y))};
@@ -71,8 +74,9 @@ void init_block(Block& b, const Launch& L, int64_t linear, size_t smem) {
     b.warps[w].lanes = std::min(32, n - 32 * w);
     b.warps[w].group.size = b.warps[w].lanes;
   }
-  b.smem.reset(new unsigned char[std::max<size_t>(smem, 1)]);
-  std::memset(b.smem.get(), 0xff, std::max<size_t>(smem, 1));
+  b.smem_bytes = std::max<size_t>(smem, 1);
+  b.smem.reset(new unsigned char[b.smem_bytes]);
+  std::memset(b.smem.get(), 0xff, b.smem_bytes);
 }
 
 std::mutex os_launch_mutex;  // one OS-thread launch at a time
@@ -86,14 +90,87 @@ void init_thread(ThreadState& t, Launch& L, Block& b, int rank) {
   t.block_dim = L.block;
   t.grid_dim = L.grid;
   t.rank = rank;
+  t.grid_syncs = 0;
   t.smem = b.smem.get();
   t.block = &b;
   t.warp = &b.warps[rank / 32];
   t.launch = &L;
 }
 
+std::string block_name(const Block& b, const Launch& L) {
+  if (L.grid.y == 1 && L.grid.z == 1) return "block " + std::to_string(b.index.x);
+  return "block (" + std::to_string(b.index.x) + ", " + std::to_string(b.index.y) + ", " +
+         std::to_string(b.index.z) + ")";
+}
+
+void thread_exited(ThreadState& t, int grid_arrived) {
+  Launch& L = *t.launch;
+  if (--t.block->live != 0 || !L.cooperative) return;
+  ++L.blocks_exited;
+  if (grid_arrived > 0) {
+    L.fail(std::string(kernel_name(L.func)) + ": " + block_name(*t.block, L) +
+           " exited while other blocks wait at grid.sync() (" + std::to_string(grid_arrived) +
+           " threads): on a GPU they wait for it forever");
+  }
+}
+
+namespace {
+
+// Runs a checked launch's blocks: in waves of blocks resident together, in an order shuffled by
+// GRU_NATIVE_EMULATION_SEED, so that the blocks of a wave interleave at their barriers.
+cudaError_t execute(const void* func, dim3 grid, dim3 block, size_t smem, bool cooperative,
+                    const Body& body) {
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  Launch L;
+  L.func = func;
+  L.grid = grid;
+  L.block = block;
+  L.cooperative = cooperative;
+  L.body = &body;
+  L.mode = mode();
+  L.order = order();
+  L.seed = static_cast<unsigned>(env_int("GRU_NATIVE_EMULATION_SEED", 0));
+  L.grid_group.what = "grid.sync()";
+  L.grid_group.size = static_cast<int>(L.blocks() * threads);
+  // Blocks resident at once: all of a cooperative grid; otherwise as many as the device holds
+  // (fibers) or a few (OS threads: each CUDA thread is one).
+  const DeviceConfig c = config();
+  const int64_t wave =
+      cooperative ? L.blocks()
+      : L.mode == Mode::kFiber
+          ? std::max<int64_t>(
+                1, int64_t(blocks_per_sm(c, kernel_registers(func), threads, smem)) * c.sms)
+          : std::max(1, env_int("GRU_NATIVE_EMULATION_OS_BLOCKS", 2));
+  std::vector<int64_t> order(static_cast<size_t>(L.blocks()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::mt19937 rng(L.seed * 7919u + 17u);
+  std::unique_lock<std::mutex> os_lock(os_launch_mutex, std::defer_lock);
+  if (L.mode == Mode::kOs) os_lock.lock();
+  for (int64_t first = 0; first < L.blocks() && !L.failed.load(); first += wave) {
+    const int64_t count = std::min(wave, L.blocks() - first);
+    std::shuffle(order.begin() + first, order.begin() + first + count, rng);
+    std::vector<std::unique_ptr<Block>> blocks(static_cast<size_t>(count));
+    for (int64_t b = 0; b < count; ++b) {
+      blocks[b] = std::make_unique<Block>();
+      init_block(*blocks[b], L, order[first + b], smem);
+    }
+    if (L.mode == Mode::kFiber) {
+      run_fibers(L, blocks);
+    } else {
+      run_os_threads(L, blocks);
+    }
+  }
+  if (L.failed.load()) {
+    set_last_failure(L.failure);
+    return cudaErrorLaunchFailure;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
 cudaError_t launch(const void* func, dim3 grid, dim3 block, size_t smem, bool cooperative,
-                   Body body) {
+                   cudaStream_t stream, Body body) {
   const int64_t threads = int64_t(block.x) * block.y * block.z;
   cudaError_t err = cudaSuccess;
   if (func == nullptr) {
@@ -104,10 +181,13 @@ cudaError_t launch(const void* func, dim3 grid, dim3 block, size_t smem, bool co
     err = cudaErrorInvalidConfiguration;
   } else if (smem > static_cast<size_t>(function_max_dynamic_smem(func))) {
     err = cudaErrorInvalidValue;
+  } else if (int64_t(kernel_registers(func)) * threads > 65536) {
+    err = cudaErrorLaunchOutOfResources;
   } else if (cooperative) {
     const DeviceConfig c = config();
     const int64_t resident =
-        int64_t(blocks_per_sm(c, static_cast<int>(threads), smem)) * c.sms;
+        int64_t(blocks_per_sm(c, kernel_registers(func), static_cast<int>(threads), smem)) *
+        c.sms;
     if (!c.cooperative) {
       err = cudaErrorNotSupported;
     } else if (int64_t(grid.x) * grid.y * grid.z > resident) {
@@ -118,45 +198,9 @@ cudaError_t launch(const void* func, dim3 grid, dim3 block, size_t smem, bool co
     set_last_error(err);
     return err;
   }
-
-  Launch L;
-  L.grid = grid;
-  L.block = block;
-  L.cooperative = cooperative;
-  L.body = &body;
-  L.mode = mode();
-  L.order = order();
-  L.seed = static_cast<unsigned>(env_int("GRU_NATIVE_EMULATION_SEED", 0));
-  L.grid_group.what = "grid.sync()";
-  L.grid_group.size = static_cast<int>(L.blocks() * threads);
-  // Blocks resident at once: all of a cooperative grid; otherwise one (fibers) or a few (OS
-  // threads, so that blocks also overlap: races between blocks show too).
-  const int64_t wave = cooperative ? L.blocks()
-                                   : (L.mode == Mode::kFiber
-                                          ? 1
-                                          : std::max(1, env_int("GRU_NATIVE_EMULATION_OS_BLOCKS",
-                                                                2)));
-  std::unique_lock<std::mutex> os_lock(os_launch_mutex, std::defer_lock);
-  if (L.mode == Mode::kOs) os_lock.lock();
-  for (int64_t first = 0; first < L.blocks() && !L.failed.load(); first += wave) {
-    const int64_t count = std::min(wave, L.blocks() - first);
-    std::vector<std::unique_ptr<Block>> blocks(static_cast<size_t>(count));
-    for (int64_t b = 0; b < count; ++b) {
-      blocks[b] = std::make_unique<Block>();
-      init_block(*blocks[b], L, first + b, smem);
-    }
-    if (L.mode == Mode::kFiber) {
-      run_fibers(L, blocks, first);
-    } else {
-      run_os_threads(L, blocks);
-    }
-  }
-  if (L.failed.load()) {
-    set_last_failure(L.failure);
-    set_last_error(cudaErrorLaunchFailure);
-    return cudaErrorLaunchFailure;
-  }
-  return cudaSuccess;
+  return enqueue(stream, Work{"a kernel launch", true, [=, body = std::move(body)] {
+                                return execute(func, grid, block, smem, cooperative, body);
+                              }});
 }
 
 // -- barriers ------------------------------------------------------------------------------------
@@ -184,11 +228,19 @@ void sync_block() { arrive(current_thread->block->group); }
 
 void sync_grid() {
   ThreadState* t = current_thread;
-  if (!t->launch->cooperative) {
-    t->launch->fail("grid.sync() in a launch that was not cooperative");
-    abandon(*t->launch);
+  Launch& L = *t->launch;
+  if (!L.cooperative) {
+    L.fail(std::string(kernel_name(L.func)) + ": grid.sync() in a launch that was not cooperative");
+    abandon(L);
   }
-  arrive(t->launch->grid_group);
+  if (L.blocks_exited.load() > 0) {
+    L.fail(std::string(kernel_name(L.func)) + ": " + block_name(*t->block, L) +
+           " reached a grid.sync() after " + std::to_string(L.blocks_exited.load()) +
+           " block(s) had exited: on a GPU it waits for them forever");
+    abandon(L);
+  }
+  arrive(L.grid_group);
+  ++t->grid_syncs;
 }
 
 int lane_id() { return current_thread->rank % 32; }

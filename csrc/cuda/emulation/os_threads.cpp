@@ -10,6 +10,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda/emulation/runtime_internal.h"
@@ -45,6 +47,10 @@ bool all_blocked(Launch& L, int64_t blocked_delta, int64_t live_delta) {
 
 // The thread has ended: the barriers of its groups no longer wait for it.
 void exit_thread(ThreadState& t) {
+  {
+    std::lock_guard<std::mutex> lock(t.launch->grid_group.mutex);
+    thread_exited(t, t.launch->grid_group.arrived);
+  }
   Group* groups[3];
   const int n = groups_of(t, groups);
   for (int i = 0; i < n; ++i) {
@@ -62,7 +68,24 @@ struct OsThread {
   ThreadState state;
 };
 
+// This OS thread's stack.
+std::pair<const char*, const char*> own_stack() {
+  thread_local std::pair<const char*, const char*> bounds = [] {
+    pthread_attr_t attr;
+    void* base = nullptr;
+    size_t size = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      pthread_attr_getstack(&attr, &base, &size);
+      pthread_attr_destroy(&attr);
+    }
+    return std::pair<const char*, const char*>(static_cast<const char*>(base),
+                                               static_cast<const char*>(base) + size);
+  }();
+  return bounds;
+}
+
 void run_os_thread(OsThread& t) {
+  std::tie(t.state.stack_lo, t.state.stack_hi) = own_stack();
   current_thread = &t.state;
   try {
     t.state.launch->body->operator()();
@@ -148,6 +171,13 @@ OsPool& os_pool() {
 
 void arrive_os(Group& g, Launch& L) {
   std::unique_lock<std::mutex> lock(g.mutex);
+  if (&g == &L.grid_group && L.blocks_exited.load() > 0) {  // under the lock thread_exited takes
+    lock.unlock();
+    L.fail(std::string(kernel_name(L.func)) + ": a grid.sync() after " +
+           std::to_string(L.blocks_exited.load()) +
+           " block(s) had exited: on a GPU it waits for them forever");
+    throw Aborted{};
+  }
   const uint64_t gen = g.generation;
   if (++g.arrived >= g.size - g.exited) {
     release_os(g, L, g.arrived - 1);

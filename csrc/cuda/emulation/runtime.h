@@ -1,57 +1,85 @@
 // runtime.h: CUDA's execution model on host threads, so that gru_native's CUDA kernels
-// (csrc/cuda/kernels.cu, unchanged) and its CUDA backend (csrc/cuda/gru_cuda.cpp) run on a machine
-// without a GPU, in CI, checked against nn.GRU like the CPU path.
+// (csrc/cuda/*.cu, unchanged) and its CUDA backend (gru_cuda.cpp and the device layer
+// device_cuda.cpp, unchanged) run on a machine without a GPU, in CI, checked against nn.GRU like
+// the CPU path.
 //
-// What it is. The host compiler compiles kernels.cu with this folder's include/ first on the
+// What it is. The host compiler compiles the CUDA code with this folder's include/ first on the
 // include path: its <cuda_runtime.h>, <cooperative_groups.h>, <cuda_fp16.h> and <cuda_bf16.h>
-// are this header. It supplies what the kernels and the backend use of CUDA, and nothing else:
+// are this header, its <cublas_v2.h> is cublas.h. It supplies what the kernels and the backend
+// use of CUDA, and nothing else:
 //   - qualifiers (__global__, __device__, __host__, __forceinline__, __launch_bounds__,
 //     __align__); static __shared__ variables are refused at compile time, dynamic shared
 //     memory is declared with GRU_DYNAMIC_SHARED(name) (kernels.cu's one spelling of it);
 //   - threadIdx, blockIdx, blockDim, gridDim, warpSize; __syncthreads(), __syncwarp(),
-//     __shfl_sync / _xor / _down / _up, __threadfence(); __ldg, __ldcg (plain loads: the
-//     barriers order them);
+//     __shfl_sync / _xor / _down / _up, __threadfence(); __ldg (a plain load), __ldcg (an
+//     atomic load, so that the coherence check tells it apart); atomicAdd;
 //   - cooperative_groups::this_grid().sync() and this_thread_block().sync();
 //   - __half and __nv_bfloat16 with CUDA's round-to-nearest-even conversions (no implicit
 //     conversions, as torch's extension builds define __CUDA_NO_HALF_CONVERSIONS__);
-//   - the runtime calls: cudaLaunchKernel, cudaLaunchCooperativeKernel, cudaGetLastError,
-//     cudaPeekAtLastError, cudaGetErrorString/Name, cudaDeviceGetAttribute, cudaGetDevice,
-//     cudaSetDevice, cudaFuncSetAttribute, cudaFuncGetAttributes,
-//     cudaOccupancyMaxActiveBlocksPerMultiprocessor, cudaMemcpy(Async), cudaMemset(Async),
-//     cudaStreamSynchronize, cudaDeviceSynchronize. Device memory is host memory; a launch
-//     runs to completion before it returns (streams are accepted and ignored).
+//   - the runtime API (host_api.h): errors, device and function attributes, occupancy,
+//     launches, streams, graph capture, pinned host memory, copies and memsets;
+//   - cuBLAS's strided batched GEMM (cublas.h).
+//
+// Streams (streams.cpp). A launch is checked when it is made (its configuration, the shared
+// memory, a cooperative grid's size: those errors are returned at once, as CUDA's are), then it
+// waits in its stream's queue with the copies, memsets, GEMMs and host functions queued there;
+// the queue runs, in order, at a synchronisation point: cudaStreamSynchronize,
+// cudaDeviceSynchronize, cudaMemcpy, a copy to pageable host memory, and the torch seam's
+// hand_back at the end of every op (../torch_cuda.h), where torch's CPU side reads the results.
+// What a kernel found wrong then fails the synchronisation (cudaErrorLaunchFailure; a copy from
+// freed pinned memory: cudaErrorIllegalAddress), with what was found in cudaGetErrorString's text
+// (and gru_emu::last_failure()). So work that reads host memory freed before it runs fails:
+//   - pinned memory (host_memory.cpp) is filled with 0xff bytes when freed and remembered: a
+//     queued copy that meets it fails instead of reading it; a copy from pageable memory is
+//     staged when it is made, as CUDA stages it;
+//   - device memory (device_memory.cpp: CPU tensors, from a wrapped CPU allocator) starts as
+//     0xff bytes (NaN in every float type), sits between two 1 KiB guards of 0xff bytes (a read
+//     past a tensor's end reads NaN), and is freed in its stream's order as torch's caching
+//     allocator frees it: filled with 0xff bytes after the work queued before the free.
+// While a stream captures (cudaStreamBeginCapture), its work goes into a graph; each
+// cudaGraphLaunch queues it again; memory freed during the capture lives as long as the graph.
 //
 // How threads run (launch.cpp, fibers.cpp, os_threads.cpp). Every thread of a block really runs,
 // and the threads of a block interleave at every barrier:
 //   GRU_NATIVE_EMULATION_THREADS=fiber  (default) each CUDA thread is a fiber (its own stack) on
-//       the calling host thread; a fiber runs until it reaches a barrier or ends, then the next
-//       one runs. A barrier releases its group once every thread of it that has not exited has
-//       arrived; the released threads resume in thread order after even-numbered barriers and in
-//       reverse order after odd ones (GRU_NATIVE_EMULATION_ORDER=forward|reverse|alternate|
-//       random, with GRU_NATIVE_EMULATION_SEED), so that a read that a missing barrier leaves
-//       unordered sees the wrong value in one of the orders.
+//       the host thread that runs the queue; a fiber runs until it reaches a barrier or ends,
+//       then the next one runs. A barrier releases its group once every thread of it that has
+//       not exited has arrived; the released threads resume in thread order after even-numbered
+//       barriers and in reverse order after odd ones (GRU_NATIVE_EMULATION_ORDER=forward|
+//       reverse|alternate|random, with GRU_NATIVE_EMULATION_SEED), so that a read that a missing
+//       barrier leaves unordered sees the wrong value in one of the orders.
 //   GRU_NATIVE_EMULATION_THREADS=os  each CUDA thread is an OS thread, barriers are mutex and
 //       condition variable, so ThreadSanitizer sees every unordered pair of accesses (racecheck)
 //       and AddressSanitizer every access past a buffer, shared memory included (memcheck).
 //       Sanitizer builds use it always.
-// A cooperative launch makes every block resident at once; other launches run their blocks one
-// after another (fibers) or a few at a time (OS threads). Barriers count the threads that have
-// not exited, as on the GPU. A barrier that can never complete (threads waiting at different
-// barriers), or grid.sync() in a launch that was not cooperative, fails the launch with
-// cudaErrorLaunchFailure and a message (gru_emu::last_failure()). Shared memory starts filled
-// with 0xff bytes (NaN in every float type), so reading it before writing it shows.
+// A cooperative launch makes every block resident at once; an ordinary launch runs its blocks in
+// waves of as many as the device holds resident (fibers) or a few (OS threads); a wave's blocks
+// start in an order shuffled by GRU_NATIVE_EMULATION_SEED and interleave at their barriers, so
+// that a race between blocks can show. Barriers count the threads that have not exited, as on the
+// GPU, except that grid.sync() waits for every block: a block that exits while others wait at
+// grid.sync(), or before a grid.sync() they reach, fails the launch (a GPU hangs there). A barrier
+// that can never complete (threads waiting at different barriers), or grid.sync() in a launch
+// that was not cooperative, fails the launch too. Shared memory starts filled with 0xff bytes, so
+// reading it before writing it shows.
+//
+// The coherence check (coherence.cpp), for kernels compiled with instrumented loads and stores
+// (the checks driver's coherence run: checks/tsan_hooks.cpp): per launch, which block wrote
+// which address; a load of another block's write that nothing orders (an ordinary launch, or no
+// grid.sync() between), or that a plain load or __ldg makes after grid.sync() (only __ldcg,
+// volatile and atomic loads bypass the caches), fails the launch.
 //
 // The emulated device (device_model.cpp; device 0, compute capability 9.0), read from the
 // environment at every query so that a test can change it between calls:
-//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 8)
+//   GRU_NATIVE_EMULATION_SMS           multiprocessors (default 8; an H100 SXM has 132)
 //   GRU_NATIVE_EMULATION_SMEM          opt-in dynamic shared memory per block, bytes (default
 //                                      232448, an H100's); 48 KiB without cudaFuncSetAttribute
 //   GRU_NATIVE_EMULATION_SMEM_PER_SM   shared memory per multiprocessor (default 233472)
-//   GRU_NATIVE_EMULATION_REGS          registers per thread assumed for occupancy (default 64)
 //   GRU_NATIVE_EMULATION_COOPERATIVE   0: no cooperative launches (default 1)
 // Occupancy follows CUDA's limits (2048 threads, 32 blocks, 65536 registers and the shared memory
-// per multiprocessor, 1 KiB of it reserved per block); a cooperative launch of more blocks than
-// SMs x occupancy fails with cudaErrorCooperativeLaunchTooLarge, as CUDA's does.
+// per multiprocessor, 1 KiB of it reserved per block), with each kernel's registers per thread as
+// ptxas allocates them for sm_90 (registers.inc, checked against ptxas by .ci/compile_cuda; 32
+// for a kernel not in it); a cooperative launch of more blocks than SMs x occupancy fails with
+// cudaErrorCooperativeLaunchTooLarge, as CUDA's does.
 #pragma once
 
 #include <cmath>
@@ -105,62 +133,7 @@ struct alignas(16) double2 {
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
-// -- errors, streams, attributes (the values CUDA's headers give them) ---------------------------
-
-enum cudaError_t {
-  cudaSuccess = 0,
-  cudaErrorInvalidValue = 1,
-  cudaErrorMemoryAllocation = 2,
-  cudaErrorInvalidConfiguration = 9,
-  cudaErrorInvalidDeviceFunction = 98,
-  cudaErrorInvalidDevice = 101,
-  cudaErrorLaunchOutOfResources = 701,
-  cudaErrorLaunchFailure = 719,
-  cudaErrorCooperativeLaunchTooLarge = 720,
-  cudaErrorNotSupported = 801,
-};
-
-struct CUstream_st;
-typedef CUstream_st* cudaStream_t;
-
-enum cudaDeviceAttr {
-  cudaDevAttrMaxThreadsPerBlock = 1,
-  cudaDevAttrMaxBlockDimX = 2,
-  cudaDevAttrMaxGridDimX = 5,
-  cudaDevAttrMaxSharedMemoryPerBlock = 8,
-  cudaDevAttrWarpSize = 10,
-  cudaDevAttrMaxRegistersPerBlock = 12,
-  cudaDevAttrMultiProcessorCount = 16,
-  cudaDevAttrL2CacheSize = 38,
-  cudaDevAttrMaxThreadsPerMultiProcessor = 39,
-  cudaDevAttrComputeCapabilityMajor = 75,
-  cudaDevAttrComputeCapabilityMinor = 76,
-  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
-  cudaDevAttrMaxRegistersPerMultiprocessor = 82,
-  cudaDevAttrCooperativeLaunch = 95,
-  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
-  cudaDevAttrMaxBlocksPerMultiprocessor = 106,
-  cudaDevAttrReservedSharedMemoryPerBlock = 111,
-};
-
-enum cudaFuncAttribute {
-  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
-  cudaFuncAttributePreferredSharedMemoryCarveout = 9,
-};
-
-struct cudaFuncAttributes {
-  size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
-  int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion, cacheModeCA;
-  int maxDynamicSharedSizeBytes, preferredShmemCarveout;
-};
-
-enum cudaMemcpyKind {
-  cudaMemcpyHostToHost = 0,
-  cudaMemcpyHostToDevice = 1,
-  cudaMemcpyDeviceToHost = 2,
-  cudaMemcpyDeviceToDevice = 3,
-  cudaMemcpyDefault = 4,
-};
+#include "cuda/emulation/host_api.h"
 
 // -- the runtime (launch.cpp, device_model.cpp; runtime_internal.h says which file does what) ----
 
@@ -174,8 +147,11 @@ struct Launch;
 struct ThreadState {
   uint3 thread_idx, block_idx;
   dim3 block_dim, grid_dim;
-  int rank = 0;  // linear index in the block
+  int rank = 0;        // linear index in the block
+  int grid_syncs = 0;  // grid.sync() calls it has passed
   unsigned char* smem = nullptr;
+  const char* stack_lo = nullptr;  // its stack (the coherence check skips it)
+  const char* stack_hi = nullptr;
   Block* block = nullptr;
   Warp* warp = nullptr;
   Launch* launch = nullptr;
@@ -195,30 +171,6 @@ void sync_warp(unsigned mask);
 uint64_t warp_exchange(unsigned mask, uint64_t value, int src);
 int lane_id();
 
-using Body = std::function<void()>;
-cudaError_t launch(const void* func, dim3 grid, dim3 block, size_t smem, bool cooperative,
-                   Body body);
-cudaError_t set_function_attribute(const void* func, cudaFuncAttribute attr, int value);
-cudaError_t function_attributes(cudaFuncAttributes* attr, const void* func);
-cudaError_t occupancy(int* blocks, const void* func, int threads, size_t smem);
-cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device);
-cudaError_t get_last_error(bool reset);
-void set_last_error(cudaError_t err);
-const char* error_string(cudaError_t err);
-const char* error_name(cudaError_t err);
-// What made the last failed launch on this host thread fail ("" if none).
-const char* last_failure();
-
-// Packs a kernel's arguments (CUDA's void** convention) into copies of its parameters, as a
-// launch copies them, and returns the body every thread runs.
-template <typename... P, size_t... I>
-Body bind(void (*func)(P...), void** args, std::index_sequence<I...>) {
-  return [func, values = std::tuple<std::decay_t<P>...>(
-                    *static_cast<std::decay_t<P>*>(args[I])...)]() mutable {
-    func(std::get<I>(values)...);
-  };
-}
-
 }  // namespace gru_emu
 
 #define threadIdx (::gru_emu::self().thread_idx)
@@ -232,13 +184,39 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { gru_emu::sync_warp(mask); 
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+// __ldg: a load through the read-only (non-coherent) cache: a plain load here. __ldcg: a load
+// that bypasses L1, coherent across blocks after grid.sync(): an atomic (relaxed) load here, so
+// that the coherence check (coherence.cpp) tells it from a plain one. A 16-byte vector (float4,
+// the kernels' staging loads: ld.global.cg.v4) is two atomic 8-byte loads.
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
 template <typename T>
 inline T __ldcg(const T* p) {
-  return *p;
+  static_assert(std::is_trivially_copyable<T>::value &&
+                    (sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16),
+                "__ldcg of 2, 4, 8 or 16 bytes");
+  T v;
+  if constexpr (sizeof(T) == 16) {
+    const uint64_t* q = reinterpret_cast<const uint64_t*>(p);
+    const uint64_t halves[2] = {__atomic_load_n(q, __ATOMIC_RELAXED),
+                                __atomic_load_n(q + 1, __ATOMIC_RELAXED)};
+    std::memcpy(&v, halves, 16);
+  } else {
+    __atomic_load(p, &v, __ATOMIC_RELAXED);
+  }
+  return v;
+}
+
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline float atomicAdd(float* p, float v) {
+  float old = __ldcg(p), updated;
+  do {
+    updated = old + v;
+  } while (!__atomic_compare_exchange(p, &old, &updated, false, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED));
+  return old;
 }
 
 namespace gru_emu {
@@ -374,71 +352,3 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 inline float __bfloat162float(__nv_bfloat16 b) { return gru_emu::bfloat16_to_float(b.__x); }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.__x; }
-
-// -- the runtime API -----------------------------------------------------------------------------
-
-inline cudaError_t cudaGetLastError() { return gru_emu::get_last_error(true); }
-inline cudaError_t cudaPeekAtLastError() { return gru_emu::get_last_error(false); }
-inline const char* cudaGetErrorString(cudaError_t err) { return gru_emu::error_string(err); }
-inline const char* cudaGetErrorName(cudaError_t err) { return gru_emu::error_name(err); }
-
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  return gru_emu::device_attribute(value, attr, device);
-}
-inline cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
-inline cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
-}
-inline cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
-  return cudaSuccess;
-}
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
-                                   cudaStream_t = nullptr) {
-  if (bytes) std::memmove(dst, src, bytes);
-  return cudaSuccess;
-}
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return cudaMemcpyAsync(dst, src, bytes, kind);
-}
-inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t = nullptr) {
-  if (bytes) std::memset(dst, value, bytes);
-  return cudaSuccess;
-}
-inline cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
-  return cudaMemsetAsync(dst, value, bytes);
-}
-
-template <typename F>
-inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
-  return gru_emu::set_function_attribute(reinterpret_cast<const void*>(func), attr, value);
-}
-template <typename F>
-inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, F* func) {
-  return gru_emu::function_attributes(attr, reinterpret_cast<const void*>(func));
-}
-template <typename F>
-inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F* func,
-                                                                 int threads, size_t smem) {
-  return gru_emu::occupancy(blocks, reinterpret_cast<const void*>(func), threads, smem);
-}
-
-template <typename... P>
-inline cudaError_t cudaLaunchKernel(void (*func)(P...), dim3 grid, dim3 block, void** args,
-                                    size_t smem = 0, cudaStream_t = nullptr) {
-  return gru_emu::launch(reinterpret_cast<const void*>(func), grid, block, smem, false,
-                         gru_emu::bind(func, args, std::index_sequence_for<P...>()));
-}
-template <typename... P>
-inline cudaError_t cudaLaunchCooperativeKernel(void (*func)(P...), dim3 grid, dim3 block,
-                                               void** args, size_t smem = 0,
-                                               cudaStream_t = nullptr) {
-  return gru_emu::launch(reinterpret_cast<const void*>(func), grid, block, smem, true,
-                         gru_emu::bind(func, args, std::index_sequence_for<P...>()));
-}

@@ -1,32 +1,38 @@
-// driver.cpp: the racecheck and memcheck runs of the CUDA emulation (.ci/cuda_emulation builds it
-// with ThreadSanitizer and with AddressSanitizer, every emulated CUDA thread an OS thread).
+// driver.cpp: the checks driver of the CUDA emulation: .ci/cuda_emulation builds it with
+// ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), every emulated CUDA thread an OS
+// thread, and without a sanitizer but with its kernels instrumented for the coherence check
+// (checks/tsan_hooks.cpp), where the mutations of the CUDA code must be caught.
 //
-// It links the CUDA backend as the emulated Python build does (gru_cuda.cpp, gru_stack.cpp, the
-// emulated device seam, kernels.cu on the emulation runtime) against libtorch, without Python,
-// and runs small forward and backward cases of every kernel on both recurrence paths: dense and
-// packed input, one and two directions, biases or not, h0 or not, dropout between layers,
-// several hidden units per persistent block, float, double, float16 and bfloat16. The
-// sanitizers report what they find; this program checks the results on top (the two paths
-// agree, inference equals the training forward bitwise) and the emulation's own semantics
-// (half conversions against c10's, barriers, cooperative launches, shuffles, launch errors).
+// It links the CUDA backend as the emulated Python build does (gru_cuda.cpp, gru_stack.cpp,
+// device_cuda.cpp, the emulated torch seam, the .cu files on the emulation runtime) against
+// libtorch, without Python, and runs small forward and backward cases of every kernel on both
+// recurrence paths: dense and packed input, one and two directions, biases or not, h0 or not,
+// dropout between layers, several hidden units per persistent block, float, double, float16 and
+// bfloat16. The sanitizers report what they find; this program checks the results on top (the
+// two paths agree, inference equals the training forward bitwise, the results are finite: NaN
+// guards surround every tensor), a persistent forward captured into a CUDA graph and replayed,
+// and the emulation's own semantics (runtime_checks.cpp).
 //
-//   driver [selftest] [cases] [gemm|persistent]   (default: everything)
+//   driver [selftest] [capture] [cases] [coherence] [gemm|persistent]
+//   (default: selftest, capture and cases; coherence too in the instrumented build)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "backend.h"
+#include "cuda/emulation/checks/checks.h"
+#include "cuda/kernels.cuh"
 #include "cuda/emulation/runtime.h"
+#include "cuda/emulation/torch_emulated.h"
 
-namespace {
+namespace gru_checks {
 
 int failures = 0;
 
@@ -37,124 +43,11 @@ void expect(bool ok, const std::string& what) {
   }
 }
 
-// -- the emulation's own semantics -----------------------------------------------------------
+}  // namespace gru_checks
 
-void check_conversions() {
-  int bad = 0;
-  for (uint32_t h = 0; h < 65536; ++h) {  // every half, every bfloat16
-    const float ours = gru_emu::half_to_float(static_cast<unsigned short>(h));
-    const float theirs = static_cast<float>(c10::Half(static_cast<uint16_t>(h), c10::Half::from_bits()));
-    bad += !(std::memcmp(&ours, &theirs, 4) == 0 || (std::isnan(ours) && std::isnan(theirs)));
-    const float b = gru_emu::bfloat16_to_float(static_cast<unsigned short>(h));
-    const float bt = static_cast<float>(c10::BFloat16(static_cast<uint16_t>(h), c10::BFloat16::from_bits()));
-    bad += !(std::memcmp(&b, &bt, 4) == 0 || (std::isnan(b) && std::isnan(bt)));
-  }
-  // Floats: every sign, exponent and top mantissa bits, with low bits around every rounding
-  // boundary (half: bit 13, bfloat16: bit 16) and a few others.
-  const uint32_t lows[] = {0x0000, 0x0001, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x2001,
-                           0x7fff, 0x8000, 0x8001, 0xffff, 0x3456, 0xa5a5, 0xedcb, 0x5000};
-  for (uint32_t hi = 0; hi < 65536; ++hi) {
-    for (uint32_t lo : lows) {
-      const uint32_t u = (hi << 16) | lo;
-      float f;
-      std::memcpy(&f, &u, 4);
-      const unsigned short h = gru_emu::half_from_float(f);
-      const c10::Half ch(f);
-      const bool nan = std::isnan(f);
-      bad += nan ? !((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) : h != ch.x;
-      const unsigned short b = gru_emu::bfloat16_from_float(f);
-      bad += nan ? !std::isnan(gru_emu::bfloat16_to_float(b))
-                 : b != c10::detail::round_to_nearest_even(f);
-    }
-  }
-  expect(bad == 0, "half and bfloat16 conversions equal c10's (" + std::to_string(bad) + " differ)");
-}
+namespace {
 
-__global__ void reverse_in_shared(int* out) {
-  GRU_DYNAMIC_SHARED(smem);
-  int* s = reinterpret_cast<int*>(smem);
-  const int n = blockDim.x;
-  s[threadIdx.x] = static_cast<int>(threadIdx.x + blockIdx.x * n);
-  __syncthreads();
-  out[blockIdx.x * n + threadIdx.x] = s[n - 1 - threadIdx.x];
-}
-
-__global__ void rotate_through_grid(int* buf, int* out, int steps) {
-  auto grid = cooperative_groups::this_grid();
-  const int id = blockIdx.x * blockDim.x + threadIdx.x;
-  const int total = gridDim.x * blockDim.x;
-  buf[id] = id;
-  for (int s = 0; s < steps; ++s) {
-    grid.sync();
-    const int v = buf[(id + 1) % total];
-    grid.sync();
-    buf[id] = v + 1;
-  }
-  out[id] = buf[id];
-}
-
-__global__ void warp_sum(float* out) {
-  float v = static_cast<float>(threadIdx.x);
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  out[threadIdx.x] = v + __shfl_down_sync(0xffffffffu, 0.0f, 1);
-}
-
-__global__ void divergent_barriers(int*) {
-  if (threadIdx.x == 0) {
-    __syncthreads();
-  } else {
-    cooperative_groups::this_grid().sync();
-  }
-}
-
-template <typename... P>
-cudaError_t run(void (*kernel)(P...), bool cooperative, dim3 grid, dim3 block, size_t smem,
-                P... args) {
-  void* ptrs[] = {&args...};
-  return cooperative ? cudaLaunchCooperativeKernel(kernel, grid, block, ptrs, smem, nullptr)
-                     : cudaLaunchKernel(kernel, grid, block, ptrs, smem, nullptr);
-}
-
-void check_runtime() {
-  std::vector<int> out(3 * 64);
-  expect(run(reverse_in_shared, false, 3, 64, 64 * sizeof(int), out.data()) == cudaSuccess,
-         "a launch with dynamic shared memory");
-  bool ok = true;
-  for (int b = 0; b < 3; ++b) {
-    for (int t = 0; t < 64; ++t) ok &= out[b * 64 + t] == b * 64 + 63 - t;
-  }
-  expect(ok, "__syncthreads orders shared memory");
-
-  const int blocks = 3, threads = 32, total = blocks * threads;
-  std::vector<int> buf(total), rotated(total);
-  expect(run(rotate_through_grid, true, blocks, threads, 0, buf.data(), rotated.data(), 4) ==
-             cudaSuccess, "a cooperative launch");
-  ok = true;
-  for (int i = 0; i < total; ++i) ok &= rotated[i] == (i + 4) % total + 4;
-  expect(ok, "grid.sync orders global memory across blocks");
-
-  std::vector<float> sums(64);
-  expect(run(warp_sum, false, 1, 64, 0, sums.data()) == cudaSuccess, "shuffles");
-  expect(sums[0] == 496.0f && sums[40] == 1520.0f, "__shfl_xor_sync sums each warp");
-
-  expect(run(rotate_through_grid, true, 100000, 256, 0, buf.data(), rotated.data(), 1) ==
-             cudaErrorCooperativeLaunchTooLarge, "a cooperative launch too large fails");
-  (void)cudaGetLastError();
-  expect(run(rotate_through_grid, false, 2, 32, 0, buf.data(), rotated.data(), 1) ==
-             cudaErrorLaunchFailure, "grid.sync outside a cooperative launch fails");
-  (void)cudaGetLastError();
-  expect(run(divergent_barriers, true, 1, 64, 0, out.data()) == cudaErrorLaunchFailure &&
-             std::strstr(gru_emu::last_failure(), "deadlock") != nullptr,
-         "threads at different barriers fail the launch");
-  (void)cudaGetLastError();
-  expect(run(reverse_in_shared, false, 1, 64, 64 * 1024, out.data()) == cudaErrorInvalidValue,
-         "more than 48 KiB of dynamic shared memory without the attribute fails");
-  (void)cudaGetLastError();
-  expect(cudaFuncSetAttribute(reverse_in_shared, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              64 * 1024) == cudaSuccess &&
-             run(reverse_in_shared, false, 1, 64, 64 * 1024, out.data()) == cudaSuccess,
-         "with the attribute it runs");
-}
+using gru_checks::expect;
 
 // -- the GRU cases -------------------------------------------------------------------------------
 
@@ -165,6 +58,8 @@ struct Case {
   std::vector<int64_t> lengths;  // packed when not empty (sorted, decreasing); else dense
   int64_t T, N, C, H;
   int sms;  // emulated multiprocessors (fewer: several units per persistent block)
+  // The persistent kernels' layout the case is for: blocks per direction, passes of units.
+  int blocks_per_direction, passes;
 };
 
 struct Result {
@@ -213,7 +108,7 @@ Result run_case(const Case& c, at::ScalarType dtype, const char* path) {
   if (c.dropout && c.L > 1) {
     mask = at::bernoulli(at::full({c.L - 1, R, D * c.H}, 0.7, opt)).div_(0.7).to(dtype);
   }
-  // The backend serving CPU tensors in this build: the CUDA backend (device_emulated.cpp).
+  // The backend serving CPU tensors in this build: the CUDA backend (torch_emulated.cpp).
   const gru_native::BackendEntry* backend = gru_native::find_backend(c10::DeviceType::CPU);
   auto [out, hy, ws, lower] =
       backend->forward(x, hx, w, batch_sizes, mask, c.bias, c.L, c.bi, true);
@@ -238,23 +133,39 @@ Result run_case(const Case& c, at::ScalarType dtype, const char* path) {
 
 void check_cases(const std::vector<std::string>& paths) {
   const std::vector<Case> cases = {
-      // (Few multiprocessors: every emulated thread is an OS thread under the sanitizers.)
-      {"dense-2L-bi-h0-dropout", 2, true, true, true, true, {}, 3, 2, 3, 5, 2},
-      {"dense-1L-uni-nobias-3-blocks", 1, false, false, false, false, {}, 4, 3, 2, 6, 3},
+      // (Few multiprocessors: every emulated thread is an OS thread under the sanitizers.
+      // Several blocks a direction: each reads the others' h_t, or dG, after grid.sync.)
+      {"dense-2L-bi-h0-dropout", 2, true, true, true, true, {}, 3, 2, 3, 5, 2, 1, 1},
+      {"dense-1L-uni-nobias-3-blocks", 1, false, false, false, false, {}, 4, 3, 2, 20, 3, 3, 1},
       {"packed-2L-bi-2-blocks-per-direction", 2, true, true, true, false, {3, 2, 2, 1}, 0, 0, 3,
-       4, 4},
-      {"several-units-per-block", 1, true, true, true, false, {}, 3, 2, 3, 7, 2},
+       12, 4, 2, 1},
+      {"several-units-per-block", 1, true, true, true, false, {}, 3, 2, 3, 20, 4, 2, 2},
   };
   const at::ScalarType dtypes[] = {at::kDouble, at::kFloat, at::kHalf, at::kBFloat16};
   for (const Case& c : cases) {
+    setenv("GRU_NATIVE_EMULATION_SMS", std::to_string(c.sms).c_str(), 1);
+    const int D = c.bi ? 2 : 1;
+    const int64_t N = c.lengths.empty() ? c.N : static_cast<int64_t>(c.lengths.size());
+    for (bool backward : {false, true}) {
+      const auto plan = gru_native::cuda::plan_persistent<float>(D, N, c.H, backward, 0);
+      expect(plan.fits && plan.shape.blocks_per_direction == c.blocks_per_direction &&
+                 plan.shape.passes == c.passes,
+             std::string(c.name) + ": the persistent " + (backward ? "backward" : "forward") +
+                 " has " + std::to_string(plan.shape.blocks_per_direction) +
+                 " blocks a direction and " + std::to_string(plan.shape.passes) + " passes");
+    }
     for (at::ScalarType dtype : dtypes) {
       std::vector<Result> results;
       for (const std::string& path : paths) {
         std::printf("+ %s %s %s\n", c.name, c10::toString(dtype), path.c_str());
         std::fflush(stdout);
-        results.push_back(run_case(c, dtype, path.c_str()));
+        try {
+          results.push_back(run_case(c, dtype, path.c_str()));
+        } catch (const c10::Error& e) {
+          expect(false, std::string(c.name) + " " + path + ": " + e.what_without_backtrace());
+        }
       }
-      if (results.size() == 2) {  // the two paths agree (they sum in different orders)
+      if (results.size() == 2 && paths.size() == 2) {  // the two paths agree (they sum in different orders)
         const double tol = dtype == at::kDouble ? 1e-10 : dtype == at::kFloat ? 1e-4 : 0.1;
         for (size_t i = 0; i < results[0].tensors.size(); ++i) {
           const double diff = (results[0].tensors[i].to(at::kDouble) -
@@ -268,32 +179,104 @@ void check_cases(const std::vector<std::string>& paths) {
   }
 }
 
+// The persistent forward captured into a CUDA graph on a side stream, then launched twice, after
+// the pinned memory a copy made during the capture would have read has been handed out and freed
+// again: both replays equal the direct run (the step schedule reaches the graph by value).
+void check_capture() {
+  std::printf("+ a persistent forward captured into a CUDA graph, replayed twice\n");
+  std::fflush(stdout);
+  setenv("GRU_NATIVE_CUDA_PATH", "persistent", 1);
+  setenv("GRU_NATIVE_EMULATION_SMS", "4", 1);
+  at::manual_seed(0);
+  const auto opt = at::TensorOptions().dtype(at::kFloat);
+  const int64_t T = 5, N = 3, C = 4, H = 6;
+  std::vector<at::Tensor> w;
+  for (int d = 0; d < 2; ++d) {
+    w.push_back(at::randn({3 * H, C}, opt).mul_(0.4));
+    w.push_back(at::randn({3 * H, H}, opt).mul_(0.4));
+    w.push_back(at::randn({3 * H}, opt).mul_(0.4));
+    w.push_back(at::randn({3 * H}, opt).mul_(0.4));
+  }
+  const at::Tensor x = at::randn({T, N, C}, opt);
+  const std::optional<at::Tensor> hx = at::randn({2, N, H}, opt);
+  const gru_native::BackendEntry* backend = gru_native::find_backend(c10::DeviceType::CPU);
+  try {
+    auto direct = backend->forward(x, hx, w, std::nullopt, std::nullopt, true, 1, true, false);
+    cudaStream_t s = nullptr;
+    cudaStreamCreate(&s);
+    gru_native::torch_cuda::emulation::set_current_stream(s);
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+    auto captured = backend->forward(x, hx, w, std::nullopt, std::nullopt, true, 1, true, false);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(s, &graph);
+    gru_native::torch_cuda::emulation::set_current_stream(nullptr);
+    expect(ended == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess,
+           "the forward can be captured");
+    for (int i = 0; i < 4; ++i) {
+      void* p = nullptr;
+      cudaHostAlloc(&p, 4096, cudaHostAllocDefault);
+      cudaFreeHost(p);
+    }
+    for (int replay = 0; replay < 2; ++replay) {
+      std::get<0>(captured).fill_(std::numeric_limits<float>::quiet_NaN());
+      std::get<1>(captured).fill_(std::numeric_limits<float>::quiet_NaN());
+      const cudaError_t launched = cudaGraphLaunch(exec, s);
+      const cudaError_t err = launched != cudaSuccess ? launched : cudaStreamSynchronize(s);
+      expect(err == cudaSuccess, std::string("the graph replays: ") + cudaGetErrorString(err));
+      (void)cudaGetLastError();
+      expect(at::equal(std::get<0>(captured), std::get<0>(direct)) &&
+                 at::equal(std::get<1>(captured), std::get<1>(direct)),
+             "a replay of the captured forward equals the direct run (replay " +
+                 std::to_string(replay) + ")");
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(s);
+  } catch (const c10::Error& e) {
+    gru_native::torch_cuda::emulation::set_current_stream(nullptr);
+    expect(false, std::string("graph capture: ") + e.what_without_backtrace());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   at::set_num_threads(1);
-  bool selftest = false, cases = false;
+  bool selftest = false, capture = false, cases = false, coherence = false;
   std::vector<std::string> paths;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "selftest") selftest = true;
+    else if (a == "capture") capture = true;
     else if (a == "cases") cases = true;
+    else if (a == "coherence") coherence = true;
     else if (a == "gemm" || a == "persistent") paths.push_back(a);
     else {
-      std::fprintf(stderr, "usage: driver [selftest] [cases] [gemm|persistent]\n");
+      std::fprintf(stderr,
+                   "usage: driver [selftest] [capture] [cases] [coherence] [gemm|persistent]\n");
       return 2;
     }
   }
-  if (!selftest && !cases) selftest = cases = true;
+  if (!selftest && !capture && !cases && !coherence) {
+    selftest = capture = cases = true;
+#ifdef GRU_CHECKS_COHERENCE
+    coherence = true;
+#endif
+  }
   if (paths.empty()) paths = {"gemm", "persistent"};
   if (selftest) {
     std::printf("+ emulation self-test\n");
-    check_conversions();
-    check_runtime();
+    gru_checks::check_runtime();
   }
+  if (coherence) {
+    std::printf("+ the coherence check\n");
+    gru_checks::check_coherence();
+  }
+  if (capture) check_capture();
   if (cases) check_cases(paths);
-  if (failures) {
-    std::fprintf(stderr, "%d checks failed\n", failures);
+  if (gru_checks::failures) {
+    std::fprintf(stderr, "%d checks failed\n", gru_checks::failures);
     return 1;
   }
   std::printf("+ all checks passed\n");
