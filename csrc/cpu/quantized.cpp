@@ -29,8 +29,6 @@ constexpr int64_t kWeightBlockBytes = 96 * 1024;
 constexpr int64_t kRowBlock = 64;
 // Below this many multiply-adds a projection runs on one thread.
 constexpr int64_t kParallelWork = 64 * 1024;
-// Up to this many rows the bfloat16 projection reads the weights in place (dot products).
-constexpr int64_t kFewRows = 8;
 
 // Rows [0, M) of x (row m at x + m * K) quantized per row into q (row m at q + m * ld) and
 // scale, on torch's threads.
@@ -67,7 +65,8 @@ void project_int8(const QuantizedView& X, int64_t N, const int8_t* W, const floa
 // C[m, n] = x row m times bfloat16 row n of W [N, K].
 void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BFloat16* W,
                   float* C, int64_t ldc) {
-  if (M <= kFewRows) return project_rows(M, N, K, x, K, W, C, ldc);
+  // A few rows read the weights in place (dot products), as the float backend does.
+  if (M <= kFewRowsMax) return project_rows(M, N, K, x, K, W, C, ldc);
   const at::Tensor w_float = cached_empty({N * K}, at::kFloat);
   float* wf = w_float.data_ptr<float>();
   at::parallel_for(0, N * K, 64 * 1024, [&](int64_t i0, int64_t i1) {
