@@ -34,8 +34,8 @@ TORCH_LIBRARY(gru_native, m) {
   // forward of gru_native.QuantizedGRU. CPU only. See csrc/cpu/quantized.h.
   m.def(
       "quantized_gru(Tensor input, Tensor? hx, Tensor[] weights, Tensor[] scales, "
-      "Tensor? batch_sizes, bool has_biases, int num_layers, bool bidirectional) -> "
-      "(Tensor output, Tensor hy)");
+      "Tensor? batch_sizes, bool has_biases, int num_layers, bool bidirectional, "
+      "Tensor[]? panels=None) -> (Tensor output, Tensor hy)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -52,9 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](const at::Tensor& input, const std::optional<at::Tensor>& hx,
          const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& scales,
          const std::optional<at::Tensor>& batch_sizes, bool has_biases, int64_t num_layers,
-         bool bidirectional) {
+         bool bidirectional, const std::vector<at::Tensor>& panels) {
         return gn::cpu::quantized_gru(input, hx, weights, scales, batch_sizes, has_biases,
-                                      num_layers, bidirectional);
+                                      num_layers, bidirectional, at::TensorList(panels));
       },
       no_gil, "The direct entry of the quantized GRU op (cpu/quantized.h), for plain eager calls");
   m.def("_set_differentiable_backward", &gn::set_differentiable_backward,

@@ -83,6 +83,7 @@ struct LayerForwardParams {
   const scalar_t* b_ih[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const w_t* w_hh[2] = {nullptr, nullptr};       // [3H, H]
   const float* w_hh_scale[2] = {nullptr, nullptr};  // [3H] for int8_t weights, else unused
+  bool w_hh_panels = false;  // int8_t weights: w_hh in panels (cpu/qdot.h), not [3H, H]
   const scalar_t* b_hh[2] = {nullptr, nullptr};  // [3H], nullptr when bias=False
   const scalar_t* h0[2] = {nullptr, nullptr};    // [N, H], nullptr: zeros
   scalar_t* hy[2] = {nullptr, nullptr};          // [N, H]  out: h_n (not aliasing h0)

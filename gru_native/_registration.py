@@ -116,7 +116,7 @@ def _gru_backward_fake(
 
 @torch.library.register_fake("gru_native::quantized_gru")
 def _quantized_gru_fake(input, hx, weights, scales, batch_sizes, has_biases, num_layers,
-                        bidirectional):
+                        bidirectional, panels=None):
     D = 2 if bidirectional else 1
     H = weights[1].size(1)
     if batch_sizes is None:

@@ -48,6 +48,18 @@ def quantize_weight(w: Tensor) -> Tuple[Tensor, Tensor]:
     return q.to(torch.int8), scale
 
 
+def _int8_panels(w: Tensor) -> Tensor:
+    """An int8 GRU weight [3H, K] in the panel layout of csrc/cpu/qdot.h (1-D): per gate, its
+    H rows padded with zero rows to a multiple of 8 and K with zeros to a multiple of 16, each 8
+    rows interleaved per 16 elements, so that a product reads 8 rows as one sequential stream."""
+    G, K = w.shape
+    H = G // 3
+    Hp, Kp = -(-H // 8) * 8, -(-K // 16) * 16
+    p = w.new_zeros((3, Hp, Kp))
+    p[:, :H, :K] = w.view(3, H, K)
+    return p.view(3, Hp // 8, 8, Kp // 16, 16).permute(0, 1, 3, 2, 4).contiguous().view(-1)
+
+
 def _from_torch_quantized(w: Tensor) -> Tuple[Tensor, Tensor]:
     """torch.ao's quantized weight (per tensor or per output channel, zero point 0) as its own int8
     values and per-row scales, unchanged; any other scheme re-quantized from its float values."""
@@ -110,17 +122,49 @@ class _QuantizedBase(nn.Module):
 
     def _flat(self) -> Tuple[list, list]:
         """(weights in nn.GRU's _flat_weights order, scales in the op's order)."""
-        weights = [getattr(self, n) for n in self._weight_names]
+        # The buffers as getattr would return them (nn.Module.__getattr__ costs more than a
+        # small cell); a name no longer in _buffers goes through the attribute.
+        buffers = self._buffers
+        weights = [buffers[n] if n in buffers else getattr(self, n) for n in self._weight_names]
         if self.weight_dtype != torch.qint8:
             return weights, []
-        return weights, [getattr(self, n + "_scale") for n in self._weight_names
-                         if n.startswith("weight")]
+        return weights, [buffers[s] if s in buffers else getattr(self, s)
+                         for s in (n + "_scale" for n in self._weight_names
+                                   if n.startswith("weight"))]
+
+    def _panels(self, weights: list) -> list:
+        """The int8 weight matrices in the panel layout the products read as one stream each
+        (``_int8_panels``), kept beside the buffers (not in the state_dict, not pickled) and
+        rebuilt when a weight buffer is another tensor or was written in place (its version
+        counter moved). Writes that bypass version counters (through ``.data`` or numpy) are
+        not seen: call ``repack()`` after those."""
+        sources = [w for n, w in zip(self._weight_names, weights) if n.startswith("weight")]
+        cache = self.__dict__.get("_panel_cache")
+        if (cache is not None and len(cache[0]) == len(sources)
+                and all(w is c and w._version == v for w, (c, v) in zip(sources, cache[0]))):
+            return cache[1]
+        with torch.no_grad():
+            panels = [_int8_panels(w) for w in sources]
+        self.__dict__["_panel_cache"] = ([(w, w._version) for w in sources], panels)
+        return panels
+
+    def repack(self) -> None:
+        """Rebuild the int8 weights' panel copy at the next call (only needed after writing a
+        weight buffer through ``.data`` or numpy: other changes are seen by themselves)."""
+        self.__dict__.pop("_panel_cache", None)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_panel_cache", None)  # a copy of the buffers: rebuilt at the first call
+        return state
 
     def _call_op(self, input, hx, batch_sizes, num_layers, bidirectional):
         weights, scales = self._flat()
         if _route.quantized_route((input, hx)) is _route.DIRECT:
+            panels = self._panels(weights) if scales else []
             return _C.quantized_gru(input, hx, weights, scales, batch_sizes, self.bias,
-                                    num_layers, bidirectional)
+                                    num_layers, bidirectional, panels)
+        # Traced or dispatched: the buffers as stored (the products read their rows in place).
         return _quantized_op(input, hx, weights, scales, batch_sizes, self.bias, num_layers,
                              bidirectional)
 

@@ -69,13 +69,12 @@ void convert_rows(int64_t M, int64_t K, const S* src, int64_t ld_src, D* dst, in
 // Forward.
 
 // What a forward thread keeps for its slice: the packed form's W_hh rows and the previous step's
-// rows converted to the math type (a half type's), or quantized (int8 weights); gh.
+// rows converted to the math type (a half type's); gh.
 template <typename acc_t>
 struct ForwardBuffers {
   PackedGemm<acc_t> wh;       // W_hh rows of the slice, all three gates: [H, 3 * width]
   std::vector<acc_t> gh;      // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
   std::vector<acc_t> rows;    // [N, H] h_{t-1} in acc_t for the packed product
-  QuantizedRows quantized;    // [N, H] h_{t-1} quantized per row, for int8 weights
 };
 
 // One thread's share of one direction's forward: hidden units [j0, j1) of all three gates.
@@ -88,7 +87,8 @@ struct ForwardSlice {
   int64_t j0, j1;
   ForwardBuffers<acc_t>& buf;
   const std::vector<scalar_t>& zeros;  // [H]
-  bool direct;  // products straight from W_hh (direct_product, qdot_rows), nothing packed
+  bool direct;  // products straight from W_hh (direct_product, qdot), nothing packed
+  QuantizedRows* hq;  // int8 weights: [N, H] the direction's h_{t-1} quantized per row, shared
 
   int64_t width() const { return j1 - j0; }
 
@@ -100,16 +100,33 @@ struct ForwardSlice {
     buf.wh.pack_rows(H, kGates * wd, [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; });
   }
 
-  // gh rows [0, M) = rows of A times the slice of W_hh^T.
-  void product(int64_t M, const scalar_t* A, int64_t lda, acc_t* C) {
+  // int8 weights: share q of Q of the rows of h_{t-1} that step t multiplies, quantized into hq
+  // (the rows that continue, then those that start from h0); the direction's threads each
+  // quantize their share, once per step, and meet at a barrier before the products.
+  void quantize_share(int64_t t, int q, int Q) {
+    const StepSchedule& s = p.steps;
+    const int64_t H = p.H, ld_out = p.D * H;
+    const StepState<scalar_t> st(s, d, t, p.out + d * H, ld_out);
+    const InitialState<scalar_t> h0(p.h0[d], H, zeros);
+    const int64_t n_from_out = st.rows.n_from_out;
+    const int64_t n = h0.zero ? n_from_out : s.batch_sizes[t];
+    const int64_t r0 = n * q / Q, r1 = n * (q + 1) / Q;
+    const int64_t split = std::clamp(n_from_out, r0, r1);
+    if (r0 < split) hq->quantize(r0, split, st.prev + r0 * ld_out, ld_out);
+    if (split < r1) hq->quantize(split, r1, h0.row(split), H);
+  }
+
+  // gh rows [0, M) = rows [m0, m0 + M) of h_{t-1} (A: row m0 of them, int8: in hq) times the
+  // slice of W_hh^T.
+  void product(int64_t m0, int64_t M, const scalar_t* A, int64_t lda, acc_t* C) {
     const int64_t H = p.H, wd = width(), ldc = kGates * wd;
     if (M <= 0) return;
     if constexpr (kInt8) {
-      buf.quantized.quantize(M, H, A, lda);
       for (int g = 0; g < kGates; ++g) {
-        const int8_t* wg = p.w_hh[d] + (g * H + j0) * H;
-        qdot_rows(buf.quantized.view(0, M), wd, [&](int64_t c) { return wg + c * H; },
-                  p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
+        const Int8Weights w = p.w_hh_panels
+            ? Int8Weights{p.w_hh[d] + g * int8_panels_size(1, H, H), 0}.from_row(j0, H)
+            : Int8Weights{p.w_hh[d] + (g * H + j0) * H, H};
+        qdot(hq->view(m0, m0 + M), wd, w, p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
       }
     } else if (direct) {
       direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, wd, C, ldc);
@@ -130,11 +147,11 @@ struct ForwardSlice {
     const int64_t n_from_out = st.rows.n_from_out, finish_from = st.rows.finish_from;
     const InitialState<scalar_t> h0(p.h0[d], H, zeros);
     acc_t* gh = buf.gh.data();
-    product(n_from_out, st.prev, ld_out, gh);
+    product(0, n_from_out, st.prev, ld_out, gh);
     if (h0.zero) {  // h0 W_hh^T = 0
       std::fill(gh + n_from_out * G, gh + rows * G, acc_t(0));
     } else {
-      product(rows - n_from_out, h0.row(n_from_out), H, gh + n_from_out * G);
+      product(n_from_out, rows - n_from_out, h0.row(n_from_out), H, gh + n_from_out * G);
     }
     const scalar_t* bi = p.b_ih[d] ? p.b_ih[d] + j0 : nullptr;
     const scalar_t* bh = p.b_hh[d] ? p.b_hh[d] + j0 : nullptr;
@@ -316,8 +333,10 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
   last_plans.forward_per_group = plan.per_group;
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
-  const bool direct = kInt8 || forward_direct(s, H);  // int8 weights have no packed form
+  const bool direct = kInt8 || forward_direct(s, H);  // int8: qdot, on its own layouts
   std::vector<ForwardBuffers<acc_t>> bufs(slots);
+  std::vector<QuantizedRows> hq(kInt8 ? p.D : 0);
+  for (auto& q : hq) q.reserve(s.N, H);
   const std::vector<scalar_t> zeros(p.h0[0] ? 0 : static_cast<size_t>(H), scalar_t(0));
   for (int i = 0; i < slots; ++i) {
     int64_t j0, j1;
@@ -325,7 +344,6 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
     const int64_t cols = kGates * (j1 - j0);
     if (!direct) bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
     if (!direct && !std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
-    if (kInt8) bufs[i].quantized.reserve(s.N, H);
     bufs[i].gh.resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
@@ -337,12 +355,18 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
       int64_t j0, j1;
       slice_bounds(H, qq, plan.per_group, align, j0, j1);
       return ForwardSlice<scalar_t, w_t>{p, d, j0, j1, bufs[group * plan.per_group + qq], zeros,
-                                         direct};
+                                         direct, kInt8 ? &hq[d] : nullptr};
     };
     for (int d = d_begin; d < d_end; ++d) {
       for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).pack();
       for (int64_t i = 0; i < s.T; ++i) {
         const int64_t t = d == 0 ? i : s.T - 1 - i;
+        if constexpr (kInt8) {
+          for (int qq = q_begin; qq < q_end; ++qq) {
+            slice_for(d, qq).quantize_share(t, qq, plan.per_group);
+          }
+          barrier.wait();  // every slice's product reads every row of hq
+        }
         for (int qq = q_begin; qq < q_end; ++qq) slice_for(d, qq).step(t);
         barrier.wait();  // the next step reads every slice of h_t
       }

@@ -20,6 +20,7 @@
 // Header-only, internal to the CPU kernels' files (an unnamed namespace; include after vec.h).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -112,30 +113,66 @@ struct QuantizedView {
   int64_t M, K, ld;
 };
 
-// A matrix quantized per row, owning its storage.
+// Rows [0, M) of x (row m at x + m * ldx) quantized into q (row m at q + m * ld, ld >= 
+// quant_padded(K)) and scale[m], spread over torch's threads (on the calling thread inside a
+// parallel region, and for a few rows). The one quantizing loop of the input projections and of
+// the recurrence.
+inline void quantize_rows(int64_t M, int64_t K, const float* x, int64_t ldx, int16_t* q,
+                          int64_t ld, float* scale) {
+  constexpr int64_t kParallelElements = 64 * 1024;
+  const int64_t grain = std::max<int64_t>(1, kParallelElements / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) scale[m] = quantize_row(K, x + m * ldx, q + m * ld);
+  });
+}
+
+// A matrix quantized per row, owning its storage: up to M rows of K elements.
 struct QuantizedRows {
   std::vector<int16_t> q;
   std::vector<float> scale;
-  int64_t M = 0, K = 0, ld = 0;
+  int64_t K = 0, ld = 0;
 
-  // Rows [m0, m1).
+  void reserve(int64_t M, int64_t K_) {
+    K = K_;
+    ld = quant_padded(K_);
+    q.resize(static_cast<size_t>(M * ld));
+    scale.resize(static_cast<size_t>(M));
+  }
+  // Rows [m0, m1) from x (row m at x + (m - m0) * ldx).
+  void quantize(int64_t m0, int64_t m1, const float* x, int64_t ldx) {
+    quantize_rows(m1 - m0, K, x, ldx, q.data() + m0 * ld, ld, scale.data() + m0);
+  }
   QuantizedView view(int64_t m0, int64_t m1) const {
     return {q.data() + m0 * ld, scale.data() + m0, m1 - m0, K, ld};
   }
+};
 
-  void reserve(int64_t M_, int64_t K_) {
-    q.resize(static_cast<size_t>(M_ * quant_padded(K_)));
-    scale.resize(static_cast<size_t>(M_));
-  }
-  // Rows [0, M) of x, row m at x + m * ldx (on the calling thread).
-  void quantize(int64_t M_, int64_t K_, const float* x, int64_t ldx) {
-    M = M_;
-    K = K_;
-    ld = quant_padded(K);
-    reserve(M, K);
-    for (int64_t m = 0; m < M; ++m) scale[m] = quantize_row(K, x + m * ldx, q.data() + m * ld);
+// The int8 weights of a product: Nc rows (outputs) of K elements, in one of two layouts.
+//   row-major (ld > 0): row c at w + c * ld, as the modules store them;
+//   panels (ld == 0): kPanel consecutive rows interleaved per kQuantAlign elements, each panel
+//     one sequential stream of kPanel * quant_padded(K) bytes: element k of row c at
+//       w + (c / kPanel) * kPanel * Kp + (k / kQuantAlign) * kPanel * kQuantAlign
+//         + (c % kPanel) * kQuantAlign + k % kQuantAlign,   Kp = quant_padded(K),
+//     zeros past K and past the last row. A GRU weight [3H, K] is packed per gate (each gate's
+//     H rows padded to a multiple of kPanel): gru_native/quantized.py, pack_int8.
+// Both give the same sums (exact integers), so the same bits.
+constexpr int64_t kPanel = 8;
+
+struct Int8Weights {
+  const int8_t* w;
+  int64_t ld;  // row stride of the row-major layout; 0 for panels
+
+  bool panels() const { return ld == 0; }
+  // The matrix from row c0 on (for panels, c0 a multiple of kPanel).
+  Int8Weights from_row(int64_t c0, int64_t K) const {
+    return {w + c0 * (panels() ? quant_padded(K) : ld), ld};
   }
 };
+
+// The bytes of a panel-packed GRU weight [gates * rows, K] (each gate's rows padded).
+inline int64_t int8_panels_size(int64_t gates, int64_t rows, int64_t K) {
+  return gates * ((rows + kPanel - 1) / kPanel * kPanel) * quant_padded(K);
+}
 
 #if defined(__AVX2__)
 inline __m256i qdot_accumulate(__m256i acc, __m256i a, __m256i w) {
@@ -160,100 +197,160 @@ inline __m256i qdot_lane_sums(const __m256i* v) {
 #endif
 
 // Products summed exactly in int32 lanes over at most this many k (|sum| <= 8192 * 2047 * 127
-// < 2^31), then in double (exact to 2^53).
+// < 2^31), then in double (exact to 2^53). A sum of one block goes to float directly: the same
+// rounding as through the double.
 constexpr int64_t kQuantBlockK = 8192;
 
-// out[i * ldo + j] = float(dot(a[i], w[j])) * (sa[i] * sw[j]) for i < RB, j < CB (RB * CB <= 8);
-// a rows quantized (padded), w rows int8 of K elements.
-template <int RB, int CB>
-inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
-                      const int8_t* const* w, const float* sw, float* out, int64_t ldo) {
-  static_assert(RB * CB <= 8, "one vector of sums");
-  float sums[8] = {};
 #if defined(__AVX2__)
-  __m256d total_lo = _mm256_setzero_pd(), total_hi = _mm256_setzero_pd();
-  for (int64_t k0 = 0; k0 < K; k0 += kQuantBlockK) {
-    const int64_t k1 = std::min(K, k0 + kQuantBlockK);
-    __m256i acc[8];
+// Lane i * CB + j: the sum over the chunks [k0, k1) (whole chunks) of a[i] times w_j, whose
+// chunk at k is at w[j] + k * KS. Not inlined: on its own, the loop keeps its pointers and
+// accumulators in registers.
+template <int RB, int CB, int KS>
+__attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows, const int8_t* const* w_rows, int64_t k0,
+                           int64_t k1) {
+  const int16_t* a[RB];
+  const int8_t* w[CB];
+  for (int i = 0; i < RB; ++i) a[i] = a_rows[i] + k0;
+  // Panels: one pointer, the rows at fixed offsets from it.
+  for (int j = 0; j < CB; ++j) w[j] = KS == 1 ? w_rows[j] + k0 : w_rows[0] + k0 * KS;
+  __m256i acc[RB * CB];
 #pragma GCC unroll 8
-    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_si256();
-    auto step = [&](int64_t k, const __m256i* wv) {
-#pragma GCC unroll 8
-      for (int i = 0; i < RB; ++i) {
-        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i] + k));
-#pragma GCC unroll 8
-        for (int j = 0; j < CB; ++j) acc[i * CB + j] = qdot_accumulate(acc[i * CB + j], av, wv[j]);
-      }
-    };
-    __m256i wv[CB];
-    int64_t k = k0;
-    for (; k + kQuantAlign <= k1; k += kQuantAlign) {
-#pragma GCC unroll 8
-      for (int j = 0; j < CB; ++j) {
-        wv[j] = _mm256_cvtepi8_epi16(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j] + k)));
-      }
-      step(k, wv);
+  for (int v = 0; v < RB * CB; ++v) acc[v] = _mm256_setzero_si256();
+  for (int64_t n = (k1 - k0) / kQuantAlign; n > 0; --n) {
+    __m256i av[RB];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i) {
+      av[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i]));
+      a[i] += kQuantAlign;
     }
-    if (k < k1) {  // the rows of w end here: their last elements through a zeroed buffer
-      for (int j = 0; j < CB; ++j) {
-        int8_t tail[kQuantAlign] = {};
-        std::memcpy(tail, w[j] + k, static_cast<size_t>(k1 - k));
-        wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail)));
-      }
-      step(k, wv);
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) {
+      const int8_t* wj = KS == 1 ? w[j] : w[0] + j * kQuantAlign;
+      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wj)));
+#pragma GCC unroll 4
+      for (int i = 0; i < RB; ++i) acc[i * CB + j] = qdot_accumulate(acc[i * CB + j], av[i], wv);
     }
-    const __m256i block = qdot_lane_sums(acc);
-    total_lo = _mm256_add_pd(total_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(block)));
-    total_hi = _mm256_add_pd(total_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(block, 1)));
+#pragma GCC unroll 8
+    for (int j = 0; j < (KS == 1 ? CB : 1); ++j) w[j] += kQuantAlign * KS;
   }
-  _mm_storeu_ps(sums, _mm256_cvtpd_ps(total_lo));
-  _mm_storeu_ps(sums + 4, _mm256_cvtpd_ps(total_hi));
+  return qdot_lane_sums(acc);
+}
+
+// qdot_chunks over [k0, k1) (k1 - k0 <= kQuantBlockK), row-major rows (KS 1) ending inside the
+// last chunk read through zeroed copies of their last elements.
+template <int RB, int CB, int KS>
+inline __m256i qdot_block(const int16_t* const* a, const int8_t* const* w, int64_t k0,
+                          int64_t k1) {
+  const int64_t whole = k0 + (k1 - k0) / kQuantAlign * kQuantAlign;
+  __m256i sums = qdot_chunks<RB, CB, KS>(a, w, k0, whole);
+  if (KS == 1 && whole < k1) {
+    alignas(16) int8_t tail[CB][kQuantAlign] = {};
+    const int8_t* tw[CB];
+    const int16_t* ta[RB];
+    for (int j = 0; j < CB; ++j) {
+      std::memcpy(tail[j], w[j] + whole, static_cast<size_t>(k1 - whole));
+      tw[j] = tail[j];
+    }
+    for (int i = 0; i < RB; ++i) ta[i] = a[i] + whole;
+    sums = _mm256_add_epi32(sums, qdot_chunks<RB, CB, 1>(ta, tw, 0, kQuantAlign));
+  }
+  return sums;
+}
+#endif
+
+// out[i * ldo + j] = float(dot(a[i], w_j)) * (sa[i] * sw[j]) for i < RB, j < n_out <= CB
+// (RB * CB == 8): a rows quantized (padded to quant_padded(K)); the kQuantAlign elements of w_j
+// from k on at w[j] + k * KS: KS 1, a row-major row, KS kPanel, a row of a panel (padded).
+template <int RB, int CB, int KS>
+inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
+                      const int8_t* const* w, const float* sw, float* out, int64_t ldo,
+                      int64_t n_out) {
+  static_assert(RB * CB == 8, "one vector of sums");
+  if (KS != 1) K = quant_padded(K);  // panels and rows of A are padded with zeros
+  alignas(32) float sums[8];
+#if defined(__AVX2__)
+  if (K <= kQuantBlockK) {
+    _mm256_store_ps(sums, _mm256_cvtepi32_ps(qdot_block<RB, CB, KS>(a, w, 0, K)));
+  } else {
+    __m256d total_lo = _mm256_setzero_pd(), total_hi = _mm256_setzero_pd();
+    for (int64_t k0 = 0; k0 < K; k0 += kQuantBlockK) {
+      const __m256i b = qdot_block<RB, CB, KS>(a, w, k0, std::min(K, k0 + kQuantBlockK));
+      total_lo = _mm256_add_pd(total_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(b)));
+      total_hi = _mm256_add_pd(total_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(b, 1)));
+    }
+    _mm_store_ps(sums, _mm256_cvtpd_ps(total_lo));
+    _mm_store_ps(sums + 4, _mm256_cvtpd_ps(total_hi));
+  }
+  if (RB == 1 && n_out == CB) {  // one row of eight outputs: one vector
+    const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(sa[0]), _mm256_loadu_ps(sw));
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_load_ps(sums), scale));
+    return;
+  }
 #else
   for (int i = 0; i < RB; ++i) {
     for (int j = 0; j < CB; ++j) {
       int64_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += int32_t(a[i][k]) * int32_t(w[j][k]);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t at = (k / kQuantAlign) * kQuantAlign * KS + k % kQuantAlign;
+        sum += int32_t(a[i][k]) * int32_t(w[j][at]);
+      }
       sums[i * CB + j] = static_cast<float>(sum);
     }
   }
 #endif
   for (int i = 0; i < RB; ++i) {
-    for (int j = 0; j < CB; ++j) out[i * ldo + j] = sums[i * CB + j] * (sa[i] * sw[j]);
+    for (int j = 0; j < n_out; ++j) out[i * ldo + j] = sums[i * CB + j] * (sa[i] * sw[j]);
   }
 }
 
-// C[m, c] = the product of quantized row m of A (m < A.M) and int8 row(c) of K = A.K elements,
-// scale sw[c], for c < Nc.
-template <typename Row>
-void qdot_rows(const QuantizedView& A, int64_t Nc, const Row& row, const float* sw, float* C,
-               int64_t ldc) {
+// C[m, c] = the product of quantized row m of A (m < A.M) and int8 row c of W (K = A.K), scale
+// sw[c], for c < Nc. Per kPanel rows of W (in L1 while every row of A passes), tiles of 4, 2,
+// then 1 rows of A.
+template <int KS>
+void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const float* sw,
+                 float* C, int64_t ldc) {
+  const int64_t K = A.K;
+  const int8_t* w[kPanel];
   const int16_t* a[4];
-  const int8_t* w[8];
-  auto run_rows = [&](auto rb_tag, int64_t m0) {
-    constexpr int RB = decltype(rb_tag)::value;
-    // 16 vector registers: RB x CB accumulators, CB widened weight vectors and one row vector.
-    constexpr int CB = RB == 4 ? 2 : (RB == 2 ? 4 : 8);
-    for (int i = 0; i < RB; ++i) a[i] = A.q + (m0 + i) * A.ld;
-    const float* sa = A.scale + m0;
-    float* cm = C + m0 * ldc;
-    int64_t c = 0;
-    for (; c + CB <= Nc; c += CB) {
-      for (int j = 0; j < CB; ++j) w[j] = row(c + j);
-      qdot_tile<RB, CB>(A.K, a, sa, w, sw + c, cm + c, ldc);
+  for (int64_t c0 = 0; c0 < Nc; c0 += kPanel) {
+    const int64_t nc = std::min(kPanel, Nc - c0);
+    for (int64_t j = 0; j < kPanel; ++j) {
+      // Row-major: past Nc the last row again (computed, not stored).
+      w[j] = KS == 1 ? W.w + std::min(c0 + j, Nc - 1) * W.ld
+                     : W.w + c0 * quant_padded(K) + j * kQuantAlign;
     }
-    for (; c < Nc; ++c) {
-      w[0] = row(c);
-      qdot_tile<RB, 1>(A.K, a, sa, w, sw + c, cm + c, ldc);
+    const float* s = sw + c0;
+    int64_t m = 0;
+    for (; m + 4 <= A.M; m += 4) {
+      for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
+      for (int64_t j = 0; j < nc; j += 2) {
+        qdot_tile<4, 2, KS>(K, a, A.scale + m, w + j, s + j, C + m * ldc + c0 + j, ldc,
+                            std::min<int64_t>(2, nc - j));
+      }
     }
-  };
-  int64_t m = 0;
-  for (; m + 4 <= A.M; m += 4) run_rows(std::integral_constant<int, 4>(), m);
-  if (m + 2 <= A.M) {
-    run_rows(std::integral_constant<int, 2>(), m);
-    m += 2;
+    if (m + 2 <= A.M) {
+      for (int i = 0; i < 2; ++i) a[i] = A.q + (m + i) * A.ld;
+      for (int64_t j = 0; j < nc; j += 4) {
+        qdot_tile<2, 4, KS>(K, a, A.scale + m, w + j, s + j, C + m * ldc + c0 + j, ldc,
+                            std::min<int64_t>(4, nc - j));
+      }
+      m += 2;
+    }
+    if (m < A.M) {
+      a[0] = A.q + m * A.ld;
+      qdot_tile<1, 8, KS>(K, a, A.scale + m, w, s, C + m * ldc + c0, ldc, nc);
+    }
   }
-  if (m < A.M) run_rows(std::integral_constant<int, 1>(), m);
+}
+
+inline void qdot(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const float* sw,
+                 float* C, int64_t ldc) {
+  if (A.M <= 0 || Nc <= 0) return;
+  if (W.panels()) {
+    qdot_layout<kPanel>(A, Nc, W, sw, C, ldc);
+  } else {
+    qdot_layout<1>(A, Nc, W, sw, C, ldc);
+  }
 }
 
 }  // namespace

@@ -30,34 +30,30 @@ constexpr int64_t kRowBlock = 64;
 // Below this many multiply-adds a projection runs on one thread.
 constexpr int64_t kParallelWork = 64 * 1024;
 
-// Rows [0, M) of x (row m at x + m * K) quantized per row into q (row m at q + m * ld) and
-// scale, on torch's threads.
-void quantize_rows(int64_t M, int64_t K, const float* x, int16_t* q, int64_t ld, float* scale) {
-  const int64_t grain = std::max<int64_t>(1, kParallelWork / std::max<int64_t>(K, 1));
-  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) scale[m] = quantize_row(K, x + m * K, q + m * ld);
-  });
-}
-
-// C[m, n] = (quantized row m of X) x (int8 row n of W [N, X.K], scale sw[n]), in blocks of
-// (W rows) x (X rows) spread over torch's threads; the sums are exact, so the bits do not depend
-// on the split.
-void project_int8(const QuantizedView& X, int64_t N, const int8_t* W, const float* sw, float* C,
-                  int64_t ldc) {
+// C[m, n] = (quantized row m of X) x (int8 row n of W [3H, X.K], scale sw[n]), in blocks of
+// (W rows of one gate) x (X rows) spread over torch's threads; the sums are exact, so the bits
+// do not depend on the split.
+void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panels,
+                  const float* sw, float* C, int64_t ldc) {
   const int64_t K = X.K;
-  const int64_t w_rows = std::max<int64_t>(8, kWeightBlockBytes / std::max<int64_t>(K, 1) / 8 * 8);
-  const int64_t w_blocks = (N + w_rows - 1) / w_rows;
+  // Whole panels of W, about kWeightBlockBytes of them.
+  const int64_t w_rows =
+      std::max<int64_t>(kPanel, kWeightBlockBytes / std::max<int64_t>(K, 1) / kPanel * kPanel);
+  const int64_t w_blocks = (H + w_rows - 1) / w_rows;
   const int64_t x_blocks = (X.M + kRowBlock - 1) / kRowBlock;
-  const int64_t items = w_blocks * x_blocks;
+  const int64_t items = kGates * w_blocks * x_blocks;
   // Items in W-block order: a thread's contiguous share reuses each W block over the rows of X.
-  const int64_t grain = X.M * N * K < kParallelWork ? items : 1;
+  const int64_t grain = X.M * kGates * H * K < kParallelWork ? items : 1;
   at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n0 = (i / x_blocks) * w_rows, n1 = std::min(N, n0 + w_rows);
+      const int64_t g = i / (w_blocks * x_blocks), wb = i / x_blocks % w_blocks;
+      const int64_t n0 = wb * w_rows, n1 = std::min(H, n0 + w_rows);
       const int64_t m0 = (i % x_blocks) * kRowBlock, m1 = std::min(X.M, m0 + kRowBlock);
       const QuantizedView rows{X.q + m0 * X.ld, X.scale + m0, m1 - m0, K, X.ld};
-      qdot_rows(rows, n1 - n0, [&](int64_t c) { return W + (n0 + c) * K; }, sw + n0,
-                C + m0 * ldc + n0, ldc);
+      const Int8Weights w = panels
+          ? Int8Weights{W + g * int8_panels_size(1, H, K), 0}.from_row(n0, K)
+          : Int8Weights{W + (g * H + n0) * K, K};
+      qdot(rows, n1 - n0, w, sw + g * H + n0, C + m0 * ldc + g * H + n0, ldc);
     }
   });
 }
@@ -87,8 +83,8 @@ void check_tensor(const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef sha
 
 template <typename W>
 void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0,
-                const std::vector<at::Tensor>& w, at::TensorList scales, bool has_biases,
-                at::Tensor& output, at::Tensor& hy) {
+                const std::vector<at::Tensor>& w, at::TensorList scales, at::TensorList panels,
+                bool has_biases, at::Tensor& output, at::Tensor& hy) {
   constexpr bool kInt8 = std::is_same_v<W, int8_t>;
   const int64_t R = g.steps.R, N = g.steps.N, H = g.H, D = g.D, L = g.L, G = kGates * H;
   const at::Tensor gi_all = cached_empty({D * R * G}, at::kFloat);
@@ -101,7 +97,7 @@ void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0
   const float* x = input.data_ptr<float>();
   for (int64_t l = 0; l < L; ++l) {
     const int64_t Cl = g.layer_input_size(l);
-    if constexpr (kInt8) quantize_rows(R, Cl, x, xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
+    if constexpr (kInt8) quantize_rows(R, Cl, x, Cl, xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
     ForwardParams<float, W> p;
     p.steps = g.steps;
     p.H = H;
@@ -109,15 +105,22 @@ void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0
     for (int64_t d = 0; d < D; ++d) {
       float* gi = gi_all.data_ptr<float>() + d * R * G;
       const W* w_ih = static_cast<const W*>(w[g.index(l, d, 0)].data_ptr());
+      const W* w_hh = static_cast<const W*>(w[g.index(l, d, 1)].data_ptr());
       if constexpr (kInt8) {
         const QuantizedView rows{xq.data_ptr<int16_t>(), xs.data_ptr<float>(), R, Cl, ld};
-        project_int8(rows, G, w_ih, scales[(l * D + d) * 2].data_ptr<float>(), gi, G);
+        const bool packed = !panels.empty();
+        if (packed) {
+          w_ih = panels[(l * D + d) * 2].data_ptr<int8_t>();
+          w_hh = panels[(l * D + d) * 2 + 1].data_ptr<int8_t>();
+        }
+        project_int8(rows, H, w_ih, packed, scales[(l * D + d) * 2].data_ptr<float>(), gi, G);
         p.w_hh_scale[d] = scales[(l * D + d) * 2 + 1].data_ptr<float>();
+        p.w_hh_panels = packed;
       } else {
         project_bf16(R, G, Cl, x, w_ih, gi, G);
       }
       p.gi[d] = gi;
-      p.w_hh[d] = static_cast<const W*>(w[g.index(l, d, 1)].data_ptr());
+      p.w_hh[d] = w_hh;
       p.b_ih[d] = has_biases ? w[g.index(l, d, 2)].data_ptr<float>() : nullptr;
       p.b_hh[d] = has_biases ? w[g.index(l, d, 3)].data_ptr<float>() : nullptr;
       p.h0[d] = h0.defined() ? h0.data_ptr<float>() + (l * D + d) * N * H : nullptr;
@@ -137,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
                                                  at::TensorList weights, at::TensorList scales,
                                                  const std::optional<at::Tensor>& batch_sizes,
                                                  bool has_biases, int64_t num_layers,
-                                                 bool bidirectional) {
+                                                 bool bidirectional,
+                                                 std::optional<at::TensorList> panels) {
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat,
               "gru_native: quantized_gru takes a float32 CPU input, got ", input.scalar_type(),
               " on ", input.device());
@@ -182,6 +186,17 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
                  param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s scale");
     TORCH_CHECK(scales[i].is_contiguous(), "gru_native: quantized_gru: scales must be contiguous");
   }
+  const at::TensorList panel_list = panels.value_or(at::TensorList());
+  TORCH_CHECK(panel_list.empty() || (int8 && static_cast<int64_t>(panel_list.size()) == n_scales),
+              "gru_native: quantized_gru: panels are none or, for int8 weights, one per weight "
+              "matrix (", n_scales, "), got ", panel_list.size());
+  for (int64_t i = 0; i < static_cast<int64_t>(panel_list.size()); ++i) {
+    const int64_t cols = i % 2 == 1 ? g.H : g.layer_input_size(i / 2 / g.D);
+    check_tensor(panel_list[i], at::kChar, {int8_panels_size(kGates, g.H, cols)},
+                 param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s panels");
+    TORCH_CHECK(panel_list[i].is_contiguous(),
+                "gru_native: quantized_gru: panels must be contiguous");
+  }
   const int64_t N = g.steps.N, R = g.steps.R, H = g.H, D = g.D;
   at::Tensor h0;
   if (hx.has_value()) {
@@ -194,9 +209,9 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
   if (N == 0) return {output, hy};
   const at::Tensor x = input.contiguous();
   if (int8) {
-    run_layers<int8_t>(g, x, h0, w, scales, has_biases, output, hy);
+    run_layers<int8_t>(g, x, h0, w, scales, panel_list, has_biases, output, hy);
   } else {
-    run_layers<c10::BFloat16>(g, x, h0, w, scales, has_biases, output, hy);
+    run_layers<c10::BFloat16>(g, x, h0, w, scales, panel_list, has_biases, output, hy);
   }
   return {output, hy};
 }

@@ -20,6 +20,10 @@ namespace gru_native::cpu {
 //            has_biases
 //   scales   int8 weights: per (layer, direction) s_ih, s_hh float32 [3H], the per-output-channel
 //            scales (W = w * s[:, None]); bfloat16 weights: empty
+//   panels   None (or empty), or for int8 weights the same matrices again in the panel layout of
+//            cpu/qdot.h (per (layer, direction) w_ih, w_hh: int8 [3 * ceil(H / 8) * 8 *
+//            ceil(C_l / 16) * 16] and likewise for H), which the products then read instead:
+//            the same bits, read as one stream per 8 rows
 // The equations are nn.GRU's (linear before reset), in float32 but for the products with the
 // weights (int8: qdot.h; bfloat16: converted to float as read).
 std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
@@ -27,7 +31,8 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
                                                  at::TensorList weights, at::TensorList scales,
                                                  const std::optional<at::Tensor>& batch_sizes,
                                                  bool has_biases, int64_t num_layers,
-                                                 bool bidirectional);
+                                                 bool bidirectional,
+                                                 std::optional<at::TensorList> panels);
 
 // Which instructions each low-precision path runs on in this build, for build_info():
 // {"bfloat16": ..., "float16": ..., "int8": ...}.
