@@ -138,14 +138,19 @@ class _QuantizedBase(nn.Module):
         rebuilt when a weight buffer is another tensor or was written in place (its version
         counter moved). Writes that bypass version counters (through ``.data`` or numpy) are
         not seen: call ``repack()`` after those."""
-        sources = [w for n, w in zip(self._weight_names, weights) if n.startswith("weight")]
+        sources = [w for n, w in zip(self._weight_names, weights) if n[0] == "w"]
         cache = self.__dict__.get("_panel_cache")
-        if (cache is not None and len(cache[0]) == len(sources)
-                and all(w is c and w._version == v for w, (c, v) in zip(sources, cache[0]))):
-            return cache[1]
+        if cache is not None:
+            cached, versions, panels = cache
+            if len(cached) == len(sources):
+                for w, c, v in zip(sources, cached, versions):
+                    if w is not c or w._version != v:
+                        break
+                else:
+                    return panels
         with torch.no_grad():
             panels = [_int8_panels(w) for w in sources]
-        self.__dict__["_panel_cache"] = ([(w, w._version) for w in sources], panels)
+        self.__dict__["_panel_cache"] = (sources, [w._version for w in sources], panels)
         return panels
 
     def repack(self) -> None:

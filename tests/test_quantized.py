@@ -188,6 +188,49 @@ def test_bits_do_not_depend_on_threads(dtype):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("C,H,layers,bi,N", [(7, 20, 1, False, 1), (33, 50, 2, True, 5),
+                                            (16, 64, 1, False, 9), (40, 200, 2, False, 3)],
+                         ids=["H20", "H50-2L-bi", "H64-N9", "H200-2L"])
+def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
+    # Eager calls read the int8 weights in panels (csrc/cpu/qdot.h), traced and dispatched ones
+    # read the buffers' rows in place: the same exact sums, the same bits.
+    q = quantize(_float_gru(C, H, layers, bi))
+    x = torch.randn(6, N, C)
+    weights, scales = q._flat()
+    panels = q._panels(weights)
+    assert len(panels) == len(scales) == layers * (2 if bi else 1) * 2
+    args = (x, None, weights, scales, None, True, layers, bi)
+    with_panels = gru_native._C.quantized_gru(*args, panels)
+    rows = gru_native._C.quantized_gru(*args, [])
+    dispatched = torch.ops.gru_native.quantized_gru(*args)
+    for a, b, c in zip(with_panels, rows, dispatched):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(q(x)[0], with_panels[0])
+
+
+def test_panels_follow_the_weight_buffers():
+    q = quantize(_float_gru(9, 24))
+    x = torch.randn(3, 2, 9)
+
+    def from_the_buffers():  # the rows as stored now, no panels
+        weights, scales = q._flat()
+        return torch.ops.gru_native.quantized_gru(x, None, weights, scales, None, True, 1,
+                                                  False)[0]
+
+    before = q(x)[0]
+    with torch.no_grad():
+        q.weight_hh_l0.neg_()  # in place: its version counter moves
+    after = q(x)[0]
+    assert not torch.equal(after, before) and torch.equal(after, from_the_buffers())
+    q.weight_ih_l0 = q.weight_ih_l0.flip(0).contiguous()  # another tensor
+    assert torch.equal(q(x)[0], from_the_buffers())
+    q.load_state_dict(quantize(_float_gru(9, 24, seed=1)).state_dict())
+    assert torch.equal(q(x)[0], from_the_buffers())
+    q.weight_hh_l0.data.copy_(q.weight_hh_l0.flip(1))  # bypasses the version counter
+    q.repack()
+    assert torch.equal(q(x)[0], from_the_buffers())
+
+
 def test_nan_reaches_its_row_only():
     q = quantize(_float_gru(6, 20))
     x = torch.randn(3, 4, 6)
