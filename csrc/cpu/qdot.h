@@ -9,8 +9,16 @@
 //   float(sum_k q[k] * w[k]) * (s * sw),
 // the sum exact in integers: vpmaddwd on AVX2 (pairs of int16 products into int32 lanes, added
 // across lanes per block of kQuantBlockK k, the blocks in double), vpdpwssd where the build's
-// target has AVX-VNNI or AVX512-VNNI (the same sums), plain loops in a portable build. Being exact, it does not depend on the order, the
-// tiling or the threads.
+// target has AVX-VNNI or AVX512-VNNI (the same sums: qdot_accumulate is the only difference, so
+// those paths are the AVX2 one by construction), plain loops in a portable build. Being exact,
+// it does not depend on the order, the tiling, the weights' layout (rows as stored, or panels
+// of kPanel rows read as one stream: Int8Weights) or the threads.
+//
+// At one row of activations (a step of a small batch) the products are bound by the weights'
+// bytes: the panel layout turns kPanel row streams into one sequential stream. With more rows,
+// each panel stays in L1 while every row of activations passes (tiles of 4, 2, 1 rows), and the
+// bound is the vector ports: per 16 weights one sign extension (vpmovsxbw), then per row one
+// vpmaddwd and one vpaddd.
 //
 // Why 12 bits and not 8: the activations' rounding error (at most 1/4094 of their row's largest
 // value) is then 16 times below the weights' (1/254 of theirs), so the output's error is the
