@@ -277,11 +277,14 @@ Form forced_form() {
               env, "'");
 }
 
-// The forward's direct dot products read W_hh once per 4 rows and step, where the packed
-// microkernel reads its copy once per step, so packing pays from about T * N = 100 row-steps on,
-// and never at N = 1, where both stream the weights once per step and the direct loop streams
-// them faster (the measurements behind these limits: benchmarks/NOTES.md, "Step-wise calls").
+// The forward's direct dot products (dot_gemm.h) read W_hh once per step, as the packed
+// microkernel reads its copy, but run fewer multiply-adds a cycle; packing costs about a pass
+// over W_hh per call. Direct wins up to about T * N = 96 row-steps, more where W_hh is large
+// (H / 4 row-steps: measured 128 at H = 512, 256 at H = 1024), and always at N <= 2, where
+// both stream the weights once per step (the measurements: benchmarks/NOTES.md, "Step-wise
+// calls").
 constexpr int64_t kDirectForwardRowSteps = 96;
+constexpr int64_t kDirectForwardRowStepsPerHidden = 4;  // H / 4 row-steps when more than 96
 // Below a vector's width of hidden units the dot products are mostly their horizontal sums,
 // and packing costs next to nothing: the packed form is the faster there.
 constexpr int64_t kDirectForwardMinHidden = 16;
@@ -294,7 +297,9 @@ thread_local ThreadPlanRecord last_plans;
 bool forward_direct(const StepSchedule& s, int64_t H) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
-  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= kDirectForwardRowSteps);
+  const int64_t row_steps =
+      std::max(kDirectForwardRowSteps, H / kDirectForwardRowStepsPerHidden);
+  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= row_steps);
 }
 
 bool backward_direct(const StepSchedule& s) {
@@ -427,7 +432,7 @@ void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
   constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
   const int64_t grain = M * N * K < kParallelDots ? N : 64;
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    dot_rows(M, a, lda, n1 - n0, K, [&](int64_t n) { return b + (n0 + n) * ldb; }, C + n0, ldc);
+    dot_rows(M, a, lda, n1 - n0, K, b + n0 * ldb, ldb, C + n0, ldc);
   });
 }
 
