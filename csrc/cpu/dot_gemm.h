@@ -33,6 +33,7 @@ struct DotTiling {
   static constexpr int kRB = 2;
 #endif
   static constexpr int kCB = 6;
+  static constexpr int kCBOneRow = 8;  // the tile width when A has one row
   static constexpr int64_t kKC = 1024;  // a multiple of every vector width
   static constexpr int64_t kMChunk = 64;  // rows of A whose accumulators `part` holds
 };
@@ -95,32 +96,41 @@ void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const 
               int64_t ldw, Out* C, int64_t ldc) {
   using V = Vec<Math<A>>;
   using Tiling = DotTiling<Math<A>>;
-  constexpr int RB = Tiling::kRB, CB = Tiling::kCB;
+  constexpr int RB = Tiling::kRB;
   constexpr int64_t kMChunk = Tiling::kMChunk;
-  V part[kMChunk * CB];
-  for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
-    const int64_t mc = std::min(kMChunk, M - m0);
-    for (int64_t c0 = 0; c0 < Nc; c0 += CB) {
-      const int64_t cb = std::min<int64_t>(CB, Nc - c0);
-      for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += Tiling::kKC) {
-        const int64_t k1 = std::min(K, k0 + Tiling::kKC);
-        auto rows = [&](auto rb_tag, int64_t m) {
-          constexpr int R = decltype(rb_tag)::value;
-          const A* a = Ap + (m0 + m) * lda;
-          V* p = part + m * CB;
-          Out* out = C + (m0 + m) * ldc + c0;
-          const W* w = Wp + c0 * ldw;
-          if (cb == CB) return dot_tile<R, CB>(k0, k1, K, a, lda, w, ldw, p, CB, out, ldc);
-          for (int64_t j = 0; j < cb; ++j) {
-            dot_tile<R, 1>(k0, k1, K, a, lda, w + j * ldw, ldw, p + j, CB, out + j, ldc);
-          }
-        };
-        int64_t m = 0;
-        for (; m + RB <= mc; m += RB) rows(std::integral_constant<int, RB>(), m);
-        for (; m < mc; ++m) rows(std::integral_constant<int, 1>(), m);
-        if (K == 0) break;
+  // One row of A (a GRUCell or a sequence of batch 1): W streamed once, in wider tiles.
+  auto run = [&](auto cb_tag) {
+    constexpr int CB = decltype(cb_tag)::value;
+    V part[kMChunk * CB];
+    for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
+      const int64_t mc = std::min(kMChunk, M - m0);
+      for (int64_t c0 = 0; c0 < Nc; c0 += CB) {
+        const int64_t cb = std::min<int64_t>(CB, Nc - c0);
+        const W* w = Wp + c0 * ldw;
+        for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += Tiling::kKC) {
+          const int64_t k1 = std::min(K, k0 + Tiling::kKC);
+          auto rows = [&](auto rb_tag, int64_t m) {
+            constexpr int R = decltype(rb_tag)::value;
+            const A* a = Ap + (m0 + m) * lda;
+            V* p = part + m * CB;
+            Out* out = C + (m0 + m) * ldc + c0;
+            if (cb == CB) return dot_tile<R, CB>(k0, k1, K, a, lda, w, ldw, p, CB, out, ldc);
+            for (int64_t j = 0; j < cb; ++j) {
+              dot_tile<R, 1>(k0, k1, K, a, lda, w + j * ldw, ldw, p + j, CB, out + j, ldc);
+            }
+          };
+          int64_t m = 0;
+          for (; m + RB <= mc; m += RB) rows(std::integral_constant<int, RB>(), m);
+          for (; m < mc; ++m) rows(std::integral_constant<int, 1>(), m);
+          if (K == 0) break;
+        }
       }
     }
+  };
+  if (M == 1) {
+    run(std::integral_constant<int, Tiling::kCBOneRow>());
+  } else {
+    run(std::integral_constant<int, Tiling::kCB>());
   }
 }
 
