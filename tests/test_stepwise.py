@@ -98,6 +98,36 @@ def test_cell_results_do_not_depend_on_threads(threads):
     assert torch.equal(got, expected)
 
 
+# The dot products (csrc/cpu/dot_gemm.h) in blocks of K (1024), of rows of W (6) and of rows of A
+# (64, and tiles of 2 or 4): each output's sum must not depend on them. (T, N, C, H, parts): the
+# input projection as dot products over three blocks of K with a partial vector (N <= 32 rows);
+# the recurrence over two blocks of K and two chunks of rows (N = 70 > 64), W_hh's rows not a
+# multiple of 6. The batch run whole and in `parts` parts gives the same bits, at 1 and 3 threads.
+DOT_SHAPES = [(1, 31, 2100, 40, 31), (2, 70, 20, 1030, 2)]
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("T,N,C,H,parts", DOT_SHAPES,
+                         ids=[f"T{t}-N{n}-C{c}-H{h}" for t, n, c, h, _ in DOT_SHAPES])
+def test_dot_products_do_not_depend_on_blocks_rows_or_threads(T, N, C, H, parts):
+    torch.manual_seed(0)
+    ref = nn.GRU(C, H, dtype=torch.float64)
+    ours = gru_native.GRU(C, H)
+    ours.load_state_dict(ref.state_dict())
+    x, h0 = torch.randn(T, N, C), torch.randn(1, N, H)
+    with torch.no_grad():
+        out, hn = ours(x, h0)
+        ref_out, ref_hn = ref(x.double(), h0.double())
+        assert_close(out, ref_out, "output")
+        assert_close(hn, ref_hn, "h_n")
+        step = N // parts
+        pieces = [ours(x[:, b:b + step], h0[:, b:b + step])[0] for b in range(0, N, step)]
+        assert torch.equal(torch.cat(pieces, dim=1), out)
+        threaded, _ = with_threads(3, lambda: ours(x, h0))
+        assert torch.equal(threaded[0], out)
+        assert torch.equal(threaded[1], hn)
+
+
 # -- A weight changed between two calls, by every route a program uses -------------------------
 
 def _change_by(route, module):

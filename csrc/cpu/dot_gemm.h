@@ -12,6 +12,7 @@
 
 #include <ATen/cpu/vec/functional.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -20,9 +21,29 @@
 namespace gru_native::cpu {
 namespace {
 
-// out[i * ldo + j] = dot(a[i][0, K), w[j][0, K)) for i < RB, j < CB, in Math<A>.
+// How dot_rows tiles a product: RB rows of A by CB rows of W, RB x CB vector accumulators plus
+// RB vectors of A and one of W in the registers (16 with AVX2: 2 x 6, 12 + 2 + 1; 32 with
+// AVX-512: 4 x 6). A block of K (kKC) of the tile's rows of W stays in L1 while every row of A
+// runs past it; the accumulators of a block not the last wait in memory (`part`).
+template <typename T>
+struct DotTiling {
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr int kRB = 4;
+#else
+  static constexpr int kRB = 2;
+#endif
+  static constexpr int kCB = 6;
+  static constexpr int kCBOneRow = 8;  // the tile width when A has one row
+  static constexpr int64_t kKC = 1024;  // a multiple of every vector width
+  static constexpr int64_t kMChunk = 64;  // rows of A whose accumulators `part` holds
+};
+
+// Over k in [k0, k1) (k0 a multiple of the vector width), for i < RB, j < CB: the accumulator
+// of dot(a + i * lda, w + j * ldw) continues from part[i * ldp + j] (from zero at k0 == 0);
+// at k1 == K it is summed horizontally into out[i * ldo + j], else saved back to part.
 template <int RB, int CB, typename A, typename W, typename Out>
-inline void dot_tile(int64_t K, const A* const* a, const W* const* w, Out* out, int64_t ldo) {
+inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda, const W* w,
+                     int64_t ldw, Vec<Math<A>>* part, int64_t ldp, Out* out, int64_t ldo) {
   using T = Math<A>;
   static_assert(std::is_same_v<T, Math<W>>, "one math type");
   using V = Vec<T>;
@@ -31,22 +52,30 @@ inline void dot_tile(int64_t K, const A* const* a, const W* const* w, Out* out, 
 #pragma GCC unroll 8
   for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j) acc[i][j] = V(T(0));
+    for (int j = 0; j < CB; ++j) acc[i][j] = k0 == 0 ? V(T(0)) : part[i * ldp + j];
   }
   auto step = [&](const auto& load) {
     V av[RB];
 #pragma GCC unroll 8
-    for (int i = 0; i < RB; ++i) av[i] = load(a[i]);
+    for (int i = 0; i < RB; ++i) av[i] = load(a + i * lda);
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
-      const V wv = load(w[j]);
+      const V wv = load(w + j * ldw);
 #pragma GCC unroll 8
       for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
     }
   };
-  int64_t k = 0;
-  for (; k + kV <= K; k += kV) step([k](const auto* p) { return load_math(p + k); });
-  if (k < K) step([k, n = K - k](const auto* p) { return load_first(p + k, n); });
+  int64_t k = k0;
+  for (; k + kV <= k1; k += kV) step([k](const auto* p) { return load_math(p + k); });
+  if (k < k1) step([k, n = k1 - k](const auto* p) { return load_first(p + k, n); });
+  if (k1 < K) {
+#pragma GCC unroll 8
+    for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < CB; ++j) part[i * ldp + j] = acc[i][j];
+    }
+    return;
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
@@ -57,43 +86,52 @@ inline void dot_tile(int64_t K, const A* const* a, const W* const* w, Out* out, 
   }
 }
 
-// C[m, c] = dot(A[m * lda, +K), row(c)) for m < M, c < Nc; row(c) points at a row of B.
-template <typename A, typename Row, typename Out>
-void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const Row& row, Out* C,
-              int64_t ldc) {
-  using W = std::remove_cv_t<std::remove_pointer_t<decltype(row(int64_t(0)))>>;
-  constexpr int kCB = 4;
-  const A* a[8];
-  const W* rows[8];
-  auto run_rows = [&](auto rb_tag, int64_t m0) {
-    constexpr int RB = decltype(rb_tag)::value;
-    // With one row of A, twice the rows of W, with eight half: enough independent accumulators
-    // either way, within the registers.
-    constexpr int CB = RB == 1 ? 2 * kCB : (RB == 8 ? kCB / 2 : kCB);
-    for (int i = 0; i < RB; ++i) a[i] = Ap + (m0 + i) * lda;
-    Out* cm = C + m0 * ldc;
-    int64_t c = 0;
-    for (; c + CB <= Nc; c += CB) {
-      for (int j = 0; j < CB; ++j) rows[j] = row(c + j);
-      dot_tile<RB, CB>(K, a, rows, cm + c, ldc);
-    }
-    for (; c < Nc; ++c) {
-      rows[0] = row(c);
-      dot_tile<RB, 1>(K, a, rows, cm + c, ldc);
+// C[m, c] = dot(A[m * lda, +K), W[c * ldw, +K)) for m < M, c < Nc. Each dot is one vector
+// accumulator over k in order (the last partial vector masked), then a horizontal sum, however
+// the product is tiled and blocked: its bits do not depend on the tile, the thread or the other
+// rows. Blocks: kCB rows of W by kKC of K, every row of A past each (so W is read from memory
+// once, A from L2 once per block).
+template <typename A, typename W, typename Out>
+void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const W* Wp,
+              int64_t ldw, Out* C, int64_t ldc) {
+  using V = Vec<Math<A>>;
+  using Tiling = DotTiling<Math<A>>;
+  constexpr int RB = Tiling::kRB;
+  constexpr int64_t kMChunk = Tiling::kMChunk;
+  // One row of A (a GRUCell or a sequence of batch 1): W streamed once, in wider tiles.
+  auto run = [&](auto cb_tag) {
+    constexpr int CB = decltype(cb_tag)::value;
+    V part[kMChunk * CB];
+    for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
+      const int64_t mc = std::min(kMChunk, M - m0);
+      for (int64_t c0 = 0; c0 < Nc; c0 += CB) {
+        const int64_t cb = std::min<int64_t>(CB, Nc - c0);
+        const W* w = Wp + c0 * ldw;
+        for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += Tiling::kKC) {
+          const int64_t k1 = std::min(K, k0 + Tiling::kKC);
+          auto rows = [&](auto rb_tag, int64_t m) {
+            constexpr int R = decltype(rb_tag)::value;
+            const A* a = Ap + (m0 + m) * lda;
+            V* p = part + m * CB;
+            Out* out = C + (m0 + m) * ldc + c0;
+            if (cb == CB) return dot_tile<R, CB>(k0, k1, K, a, lda, w, ldw, p, CB, out, ldc);
+            for (int64_t j = 0; j < cb; ++j) {
+              dot_tile<R, 1>(k0, k1, K, a, lda, w + j * ldw, ldw, p + j, CB, out + j, ldc);
+            }
+          };
+          int64_t m = 0;
+          for (; m + RB <= mc; m += RB) rows(std::integral_constant<int, RB>(), m);
+          for (; m < mc; ++m) rows(std::integral_constant<int, 1>(), m);
+          if (K == 0) break;
+        }
+      }
     }
   };
-  int64_t m = 0;
-#if defined(CPU_CAPABILITY_AVX512)
-  // 32 vector registers: 8 rows of A at a time (16 accumulators), so that a batch of 8 reads
-  // the rows of W once (the same dots, the same bits, as in smaller tiles).
-  for (; m + 8 <= M; m += 8) run_rows(std::integral_constant<int, 8>(), m);
-#endif
-  for (; m + 4 <= M; m += 4) run_rows(std::integral_constant<int, 4>(), m);
-  if (m + 2 <= M) {
-    run_rows(std::integral_constant<int, 2>(), m);
-    m += 2;
+  if (M == 1) {
+    run(std::integral_constant<int, Tiling::kCBOneRow>());
+  } else {
+    run(std::integral_constant<int, Tiling::kCB>());
   }
-  if (m < M) run_rows(std::integral_constant<int, 1>(), m);
 }
 
 // The forward's recurrent product for a slice of width units: C[m, g * width + jj] = dot(A row
@@ -103,7 +141,7 @@ void direct_product(int64_t M, const A* Ap, int64_t lda, const W* w, int64_t H, 
                     Math<A>* C, int64_t ldc) {
   for (int g = 0; g < kGates; ++g) {
     const W* wg = w + g * H * H;
-    dot_rows(M, Ap, lda, width, H, [&](int64_t c) { return wg + c * H; }, C + g * width, ldc);
+    dot_rows(M, Ap, lda, width, H, wg, H, C + g * width, ldc);
   }
 }
 

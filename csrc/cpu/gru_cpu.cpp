@@ -19,10 +19,12 @@ struct CpuBackend {
       "torch.float32, torch.float64, torch.float16, torch.bfloat16";
   // Below this many multiply-adds a GEMM runs in plain loops, with no packing.
   static constexpr int64_t kSmallGemm = 32 * 1024;
-  // A few rows times a transposed row-major matrix (the input projection x W_ih^T of a step)
-  // run as dot products along W_ih's rows, threaded: nothing packed (benchmarks/NOTES.md,
-  // step-wise calls); times a row-major one (d(input) = dG W_ih of a step), as rows of W_ih
-  // streamed once (few_rows_gemm).
+  // Up to kDotRows rows times a transposed row-major matrix (the input projection x W_ih^T of a
+  // step or a few) run as dot products along W_ih's rows (dot_gemm.h), threaded: nothing packed.
+  // Packing W_ih^T costs a pass over it per call; the packed microkernel wins it back from about
+  // 64 rows on (benchmarks/NOTES.md, step-wise calls). A few rows times a row-major one
+  // (d(input) = dG W_ih of a step) run as rows of W_ih streamed once (few_rows_gemm).
+  static constexpr int64_t kDotRows = 32;
   static constexpr int64_t kFewRows = cpu::kFewRowsMax;
 
   // Tensors of one device: nothing to guard.
@@ -62,8 +64,8 @@ struct CpuBackend {
   template <typename T>
   static void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias) {
-    const bool few_rows_transposed = M <= kFewRows && B.rs == 1 && A.cs == 1 && beta == T(0);
-    if (M * N * K <= kSmallGemm || few_rows_transposed) {
+    const bool dots = M <= kDotRows && B.rs == 1 && A.cs == 1 && beta == T(0);
+    if (M * N * K <= kSmallGemm || dots) {
       cpu::small_gemm(M, N, K, A, B, beta, C, ldc, bias);
     } else if (M <= kFewRows && B.cs == 1) {
       cpu::few_rows_gemm(M, N, K, A, B, beta, C, ldc, bias);

@@ -294,11 +294,14 @@ Form forced_form() {
               env, "'");
 }
 
-// The forward's direct dot products read W_hh once per 4 rows and step, where the packed
-// microkernel reads its copy once per step, so packing pays from about T * N = 100 row-steps on,
-// and never at N = 1, where both stream the weights once per step and the direct loop streams
-// them faster (the measurements behind these limits: benchmarks/NOTES.md, "Step-wise calls").
+// The forward's direct dot products (dot_gemm.h) read W_hh once per step, as the packed
+// microkernel reads its copy, but run fewer multiply-adds a cycle; packing costs about a pass
+// over W_hh per call. Direct wins up to about T * N = 96 row-steps, more where W_hh is large
+// (H / 4 row-steps: measured 128 at H = 512, 256 at H = 1024), and always at N <= 2, where
+// both stream the weights once per step (the measurements: benchmarks/NOTES.md, "Step-wise
+// calls").
 constexpr int64_t kDirectForwardRowSteps = 96;
+constexpr int64_t kDirectForwardRowStepsPerHidden = 4;  // H / 4 row-steps when more than 96
 // Below a vector's width of hidden units the dot products are mostly their horizontal sums,
 // and packing costs next to nothing: the packed form is the faster there.
 constexpr int64_t kDirectForwardMinHidden = 16;
@@ -311,7 +314,9 @@ thread_local ThreadPlanRecord last_plans;
 bool forward_direct(const StepSchedule& s, int64_t H) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
-  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= kDirectForwardRowSteps);
+  const int64_t row_steps =
+      std::max(kDirectForwardRowSteps, H / kDirectForwardRowStepsPerHidden);
+  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= row_steps);
 }
 
 bool backward_direct(const StepSchedule& s) {
@@ -451,7 +456,7 @@ void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
   constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
   const int64_t grain = M * N * K < kParallelDots ? N : 64;
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    dot_rows(M, a, lda, n1 - n0, K, [&](int64_t n) { return b + (n0 + n) * ldb; }, C + n0, ldc);
+    dot_rows(M, a, lda, n1 - n0, K, b + n0 * ldb, ldb, C + n0, ldc);
   });
 }
 
@@ -462,6 +467,74 @@ void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, 
                   float* C, int64_t ldc) {
   dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
 }
+
+namespace {
+
+constexpr int64_t kRowsAccBytes = 16 * 1024;
+
+// C[M, N] = A B + beta C (+ bias), B with unit column stride: rows of A in groups of at most
+// kFewRowsMax; a group's accumulators for `chunk` columns of C (at most 16 KB) stay in L1 while
+// B's rows stream past, each row's part read once, in order. Each vector of C is (beta C +
+// bias), then the products in k order: its bits do not depend on the groups or the chunks.
+// Threaded over chunks of columns (at least one a thread) unless `serial`.
+template <typename T>
+void rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, const T* B, int64_t ldb, T beta,
+               T* C, int64_t ldc, const T* bias, bool serial) {
+  using acc_t = Math<T>;
+  if (M <= 0 || N <= 0) return;
+  constexpr int64_t kAlign = 64;
+  const int threads = serial || at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t rows = std::min(M, kFewRowsMax);
+  int64_t chunk = std::max<int64_t>(
+      kAlign, kRowsAccBytes / static_cast<int64_t>(sizeof(acc_t)) / rows / kAlign * kAlign);
+  chunk = std::min(chunk, (N + threads - 1) / threads + kAlign - 1) / kAlign * kAlign;
+  chunk = std::max(chunk, kAlign);
+  const int64_t chunks = (N + chunk - 1) / chunk;
+  auto run = [&](int64_t q0, int64_t q1) {
+    alignas(64) acc_t acc[kRowsAccBytes / sizeof(acc_t)];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n0 = q * chunk, nc = std::min(chunk, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += rows) {
+        const int64_t mr = std::min(rows, M - m0);
+        for (int64_t m = 0; m < mr; ++m) {
+          const T* c = C + (m0 + m) * ldc + n0;
+          acc_t* r = acc + m * chunk;
+          for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+            using V = typename std::decay_t<decltype(lane)>::V;
+            V v = beta == T(0) ? V(acc_t(0)) : lane.load(c + n);
+            if (bias) v = v + lane.load(bias + n0 + n);
+            lane.store(r + n, v);
+          });
+        }
+        for (int64_t k = 0; k < K; ++k) {
+          const T* b = B + k * ldb + n0;
+          for (int64_t m = 0; m < mr; ++m) {
+            acc_t* r = acc + m * chunk;
+            const acc_t a = static_cast<acc_t>(A.p[(m0 + m) * A.rs + k * A.cs]);
+            for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+              using V = typename std::decay_t<decltype(lane)>::V;
+              lane.store(r + n, lane.load(r + n) + V(a) * lane.load(b + n));
+            });
+          }
+        }
+        for (int64_t m = 0; m < mr; ++m) {
+          T* c = C + (m0 + m) * ldc + n0;
+          const acc_t* r = acc + m * chunk;
+          for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
+            lane.store(c + n, lane.load(r + n));
+          });
+        }
+      }
+    }
+  };
+  if (threads == 1) {
+    run(0, chunks);
+  } else {
+    at::parallel_for(0, chunks, 1, run);
+  }
+}
+
+}  // namespace
 
 template <typename T>
 void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
@@ -493,76 +566,14 @@ void small_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T bet
     b = b_copy.data();
     b_rs = N;
   }
-  // Each vector of C accumulates in a register over k, in k order (after beta C, then bias).
-  for (int64_t m = 0; m < M; ++m) {
-    T* c = C + m * ldc;
-    const T* a = A.p + m * A.rs;
-    for_each_lane<Math<T>>(N, [&](const auto& lane, int64_t n) {
-      using V = typename std::decay_t<decltype(lane)>::V;
-      V acc = beta == T(0) ? V(Math<T>(0)) : lane.load(c + n);
-      if (bias) acc = acc + lane.load(bias + n);
-      for (int64_t k = 0; k < K; ++k) {
-        acc = acc + V(static_cast<Math<T>>(a[k * A.cs])) * lane.load(b + k * b_rs + n);
-      }
-      lane.store(c + n, acc);
-    });
-  }
+  rows_gemm(M, N, K, A, b, b_rs, beta, C, ldc, bias, /*serial=*/true);
 }
-
-constexpr int64_t kFewRowsAccBytes = 16 * 1024;
 
 template <typename T>
 void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias) {
-  using acc_t = Math<T>;
   TORCH_CHECK(M <= kFewRowsMax && B.cs == 1, "gru_native: few_rows_gemm: M ", M, ", B.cs ", B.cs);
-  if (M <= 0 || N <= 0) return;
-  // A task owns `chunk` columns of C: its M x chunk accumulators (at most 16 KB) stay in L1
-  // while B's rows stream past, each row's part read once, in order: as long a part as fits
-  // (whole rows for one row of A), but at least one part per thread. The sums do not depend on
-  // the parts.
-  constexpr int64_t kAlign = 64;
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  int64_t chunk = std::max<int64_t>(kAlign, kFewRowsAccBytes / static_cast<int64_t>(sizeof(acc_t)) / M
-                                                / kAlign * kAlign);
-  chunk = std::min(chunk, (N + threads - 1) / threads + kAlign - 1) / kAlign * kAlign;
-  chunk = std::max(chunk, kAlign);
-  const int64_t chunks = (N + chunk - 1) / chunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t q0, int64_t q1) {
-    alignas(64) acc_t acc[kFewRowsAccBytes / sizeof(acc_t)];
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n0 = q * chunk, nc = std::min(chunk, N - n0);
-      // The order of small_gemm's: (beta C + bias), then the products in k order.
-      for (int64_t m = 0; m < M; ++m) {
-        const T* c = C + m * ldc + n0;
-        acc_t* r = acc + m * chunk;
-        for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
-          using V = typename std::decay_t<decltype(lane)>::V;
-          V v = beta == T(0) ? V(acc_t(0)) : lane.load(c + n);
-          if (bias) v = v + lane.load(bias + n0 + n);
-          lane.store(r + n, v);
-        });
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        const T* b = B.p + k * B.rs + n0;
-        for (int64_t m = 0; m < M; ++m) {
-          acc_t* r = acc + m * chunk;
-          const acc_t a = static_cast<acc_t>(A.p[m * A.rs + k * A.cs]);
-          for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
-            using V = typename std::decay_t<decltype(lane)>::V;
-            lane.store(r + n, lane.load(r + n) + V(a) * lane.load(b + n));
-          });
-        }
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        T* c = C + m * ldc + n0;
-        const acc_t* r = acc + m * chunk;
-        for_each_lane<acc_t>(nc, [&](const auto& lane, int64_t n) {
-          lane.store(c + n, lane.load(r + n));
-        });
-      }
-    }
-  });
+  rows_gemm(M, N, K, A, B.p, B.rs, beta, C, ldc, bias, /*serial=*/false);
 }
 
 template <typename T>
