@@ -127,12 +127,14 @@ void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const 
   using One = std::integral_constant<int, 1>;
   if (M == 1) {
     // One row of A: nothing to keep in L1 between rows, no blocks of K; wider tiles.
+    // (`unused`: a tile over all of K keeps no accumulators.)
     using CB = std::integral_constant<int, Tiling::kCBOneRow>;
+    V unused[CB::value];
     int64_t c = 0;
     for (; c + CB::value <= Nc; c += CB::value) {
-      tile(One(), CB(), 0, K, Ap, Wp + c * ldw, nullptr, 0, C + c);
+      tile(One(), CB(), 0, K, Ap, Wp + c * ldw, unused, 0, C + c);
     }
-    for (; c < Nc; ++c) tile(One(), One(), 0, K, Ap, Wp + c * ldw, nullptr, 0, C + c);
+    for (; c < Nc; ++c) tile(One(), One(), 0, K, Ap, Wp + c * ldw, unused, 0, C + c);
     return;
   }
   using RB = std::integral_constant<int, Tiling::kRB>;
