@@ -135,7 +135,8 @@ def main():
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per case and implementation, at most (rounds shrink to fit)")
     p.add_argument("--match", default="",
-                   help="only the cases whose name contains this text (e.g. 'H=1024')")
+                   help="only the cases whose name contains this text (e.g. 'H=1024'); "
+                        "several, separated by '|', for any of them")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall time, or each worker's CPU time (steadier on a shared machine)")
     args = p.parse_args()
@@ -146,7 +147,7 @@ def main():
           f"{'nn.GRU A/B':>10}")
     ratios = []
     for spec in cases(args.cases.split(",")):
-        if args.match not in spec["name"]:
+        if not any(m in spec["name"] for m in args.match.split("|")):
             continue
         for w in (a, b):  # warm-up, and the size of a call
             w.time(spec, "nn", 2)
@@ -163,6 +164,9 @@ def main():
         ratios.append(m["a"] / m["b"])
         print(f"{spec['name']:<24} {spec['mode']:<9} | {m['a'] * 1e3:>8.3f}ms {m['b'] * 1e3:>8.3f}ms "
               f"{m['a'] / m['b']:>6.2f} | {m['na'] / m['nb']:>10.2f}", flush=True)
+    if not ratios:
+        print(f"# no case matched {args.match!r}")
+        return 1
     print(f"# B over A: geometric mean {statistics.geometric_mean(ratios):.3f}, "
           f"min {min(ratios):.2f}, max {max(ratios):.2f} over {len(ratios)} cases")
     return 0

@@ -54,13 +54,20 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) acc[i][j] = k0 == 0 ? V(T(0)) : part[i * ldp + j];
   }
+  // The rows' pointers, set once: in the loop each load is one register plus k.
+  const A* ap[RB];
+  const W* wp[CB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; ++i) ap[i] = a + i * lda;
+#pragma GCC unroll 8
+  for (int j = 0; j < CB; ++j) wp[j] = w + j * ldw;
   auto step = [&](const auto& load) {
     V av[RB];
 #pragma GCC unroll 8
-    for (int i = 0; i < RB; ++i) av[i] = load(a + i * lda);
+    for (int i = 0; i < RB; ++i) av[i] = load(ap[i]);
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
-      const V wv = load(w + j * ldw);
+      const V wv = load(wp[j]);
 #pragma GCC unroll 8
       for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
     }
@@ -86,6 +93,18 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
   }
 }
 
+// dot_tile out of line: on its own, the loop keeps its row pointers and accumulators in
+// registers (inlined into dot_rows, GCC spilled the pointers: 10% slower at one row of A); the
+// call costs more than that below kOutOfLineK.
+constexpr int64_t kOutOfLineK = 128;
+template <int RB, int CB, typename A, typename W, typename Out>
+__attribute__((noinline)) void dot_tile_call(int64_t k0, int64_t k1, int64_t K, const A* a,
+                                             int64_t lda, const W* w, int64_t ldw,
+                                             Vec<Math<A>>* part, int64_t ldp, Out* out,
+                                             int64_t ldo) {
+  dot_tile<RB, CB>(k0, k1, K, a, lda, w, ldw, part, ldp, out, ldo);
+}
+
 // C[m, c] = dot(A[m * lda, +K), W[c * ldw, +K)) for m < M, c < Nc. Each dot is one vector
 // accumulator over k in order (the last partial vector masked), then a horizontal sum, however
 // the product is tiled and blocked: its bits do not depend on the tile, the thread or the other
@@ -96,41 +115,54 @@ void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const 
               int64_t ldw, Out* C, int64_t ldc) {
   using V = Vec<Math<A>>;
   using Tiling = DotTiling<Math<A>>;
-  constexpr int RB = Tiling::kRB;
-  constexpr int64_t kMChunk = Tiling::kMChunk;
-  // One row of A (a GRUCell or a sequence of batch 1): W streamed once, in wider tiles.
-  auto run = [&](auto cb_tag) {
-    constexpr int CB = decltype(cb_tag)::value;
-    V part[kMChunk * CB];
-    for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
-      const int64_t mc = std::min(kMChunk, M - m0);
-      for (int64_t c0 = 0; c0 < Nc; c0 += CB) {
-        const int64_t cb = std::min<int64_t>(CB, Nc - c0);
-        const W* w = Wp + c0 * ldw;
-        for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += Tiling::kKC) {
-          const int64_t k1 = std::min(K, k0 + Tiling::kKC);
-          auto rows = [&](auto rb_tag, int64_t m) {
-            constexpr int R = decltype(rb_tag)::value;
-            const A* a = Ap + (m0 + m) * lda;
-            V* p = part + m * CB;
-            Out* out = C + (m0 + m) * ldc + c0;
-            if (cb == CB) return dot_tile<R, CB>(k0, k1, K, a, lda, w, ldw, p, CB, out, ldc);
-            for (int64_t j = 0; j < cb; ++j) {
-              dot_tile<R, 1>(k0, k1, K, a, lda, w + j * ldw, ldw, p + j, CB, out + j, ldc);
-            }
-          };
-          int64_t m = 0;
-          for (; m + RB <= mc; m += RB) rows(std::integral_constant<int, RB>(), m);
-          for (; m < mc; ++m) rows(std::integral_constant<int, 1>(), m);
-          if (K == 0) break;
-        }
-      }
+  auto tile = [&](auto rb_tag, auto cb_tag, int64_t k0, int64_t k1, const A* a, const W* w,
+                  V* part, int64_t ldp, Out* out) {
+    constexpr int RB = decltype(rb_tag)::value, CB = decltype(cb_tag)::value;
+    if (K >= kOutOfLineK && CB > 1) {
+      dot_tile_call<RB, CB>(k0, k1, K, a, lda, w, ldw, part, ldp, out, ldc);
+    } else {
+      dot_tile<RB, CB>(k0, k1, K, a, lda, w, ldw, part, ldp, out, ldc);
     }
   };
+  using One = std::integral_constant<int, 1>;
   if (M == 1) {
-    run(std::integral_constant<int, Tiling::kCBOneRow>());
-  } else {
-    run(std::integral_constant<int, Tiling::kCB>());
+    // One row of A: nothing to keep in L1 between rows, no blocks of K; wider tiles.
+    // (`unused`: a tile over all of K keeps no accumulators.)
+    using CB = std::integral_constant<int, Tiling::kCBOneRow>;
+    V unused[CB::value];
+    int64_t c = 0;
+    for (; c + CB::value <= Nc; c += CB::value) {
+      tile(One(), CB(), 0, K, Ap, Wp + c * ldw, unused, 0, C + c);
+    }
+    for (; c < Nc; ++c) tile(One(), One(), 0, K, Ap, Wp + c * ldw, unused, 0, C + c);
+    return;
+  }
+  using RB = std::integral_constant<int, Tiling::kRB>;
+  using CB = std::integral_constant<int, Tiling::kCB>;
+  constexpr int64_t kMChunk = Tiling::kMChunk;
+  V part[kMChunk * CB::value];
+  for (int64_t m0 = 0; m0 < M; m0 += kMChunk) {
+    const int64_t mc = std::min(kMChunk, M - m0);
+    for (int64_t c0 = 0; c0 < Nc; c0 += CB::value) {
+      const int64_t cb = std::min<int64_t>(CB::value, Nc - c0);
+      const W* w = Wp + c0 * ldw;
+      for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += Tiling::kKC) {
+        const int64_t k1 = std::min(K, k0 + Tiling::kKC);
+        auto rows = [&](auto rb_tag, int64_t m) {
+          const A* a = Ap + (m0 + m) * lda;
+          V* p = part + m * CB::value;
+          Out* out = C + (m0 + m) * ldc + c0;
+          if (cb == CB::value) return tile(rb_tag, CB(), k0, k1, a, w, p, CB::value, out);
+          for (int64_t j = 0; j < cb; ++j) {
+            tile(rb_tag, One(), k0, k1, a, w + j * ldw, p + j, CB::value, out + j);
+          }
+        };
+        int64_t m = 0;
+        for (; m + RB::value <= mc; m += RB::value) rows(RB(), m);
+        for (; m < mc; ++m) rows(One(), m);
+        if (K == 0) break;
+      }
+    }
   }
 }
 
