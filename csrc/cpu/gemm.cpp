@@ -109,97 +109,59 @@ inline void copy_converted(const S* src, int64_t n, T* dst) {
   }
 }
 
-// pack_a and pack_b below for A and B of another element type S (a half type into float
-// panels): the same panels, each element converted as it is read.
-template <typename T, typename S>
-void pack_a_converting(int64_t mc, int64_t kc, const S* A, int64_t rs, int64_t cs, T* dst) {
-  constexpr int MR = Blocking<T>::kMR;
-  for (int64_t m0 = 0; m0 < mc; m0 += MR, dst += kc * MR) {
-    const int mr = static_cast<int>(std::min<int64_t>(MR, mc - m0));
-    const S* a = A + m0 * rs;
-    for (int i = 0; i < MR; ++i) {
-      if (i < mr) {
-        const S* src = a + i * rs;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = static_cast<T>(src[k * cs]);
-      } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = T(0);
-      }
-    }
-  }
-}
-
-template <typename T, typename S>
-void pack_b_converting(int64_t kc, int64_t nc, const S* B, int64_t rs, int64_t cs, T* dst) {
-  constexpr int64_t NR = Blocking<T>::kNR;
-  for (int64_t n0 = 0; n0 < nc; n0 += NR, dst += kc * NR) {
-    const int64_t nr = std::min(NR, nc - n0);
-    const S* b = B + n0 * cs;
-    if (cs == 1) {  // rows of the block are contiguous
-      for (int64_t k = 0; k < kc; ++k) {
-        T* out = dst + k * NR;
-        copy_converted(b + k * rs, nr, out);
-        if (nr < NR) std::fill(out + nr, out + NR, T(0));
-      }
-    } else {  // columns: kNR streams along k, a cache line of each at a time
-      constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
-      for (int64_t k0 = 0; k0 < kc; k0 += kLine) {
-        const int64_t k1 = std::min(kc, k0 + kLine);
-        for (int64_t c = 0; c < NR; ++c) {
-          if (c < nr) {
-            const S* src = b + c * cs;
-            for (int64_t k = k0; k < k1; ++k) dst[k * NR + c] = static_cast<T>(src[k * rs]);
-          } else {
-            for (int64_t k = k0; k < k1; ++k) dst[k * NR + c] = T(0);
-          }
-        }
-      }
-    }
-  }
-}
-
 // A's rows [0, mc) x columns [0, kc) (A points at the block's first element) into micro-panels
 // of kMR rows: panel p holds dst[p * kc * kMR + k * kMR + i] = A(p * kMR + i, k), zero past mc.
-template <typename T>
-void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst) {
+// S: T, or a half type whose elements are converted to T (float) as they are read.
+template <typename T, typename S = T>
+void pack_a(int64_t mc, int64_t kc, const S* A, int64_t rs, int64_t cs, T* dst) {
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::kMR;
   constexpr int kV = static_cast<int>(V::size());
   for (int64_t m0 = 0; m0 < mc; m0 += MR, dst += kc * MR) {
     const int mr = static_cast<int>(std::min<int64_t>(MR, mc - m0));
-    const T* a = A + m0 * rs;
-    if (mr == MR && rs == 1) {  // a column of the panel is contiguous
-      for (int64_t k = 0; k < kc; ++k) {
+    const S* a = A + m0 * rs;
+    if constexpr (std::is_same_v<S, T>) {
+      if (mr == MR && rs == 1) {  // a column of the panel is contiguous
+        for (int64_t k = 0; k < kc; ++k) {
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) dst[k * MR + i] = a[k * cs + i];
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = a[k * cs + i];
+        }
+        continue;
       }
-    } else if (mr == MR && cs == 1 && MR <= kV) {
-      // Rows of the panel are contiguous: kV x kV blocks (kMR rows, zeros below) transposed in
-      // registers; each of the block's columns is stored whole at its place (kV elements where
-      // kMR belong: the next store, or the slack past the buffer, takes the rest).
-      int64_t k = 0;
-      for (; k + kV <= kc; k += kV) {
-        V r[kV];
+      if (mr == MR && cs == 1 && MR <= kV) {
+        // Rows of the panel are contiguous: kV x kV blocks (kMR rows, zeros below) transposed
+        // in registers; each of the block's columns is stored whole at its place (kV elements
+        // where kMR belong: the next store, or the slack past the buffer, takes the rest).
+        int64_t k = 0;
+        for (; k + kV <= kc; k += kV) {
+          V r[kV];
 #pragma GCC unroll 16
-        for (int i = 0; i < kV; ++i) r[i] = i < MR ? V::loadu(a + i * rs + k) : V(T(0));
-        transpose_square<T>(r);
+          for (int i = 0; i < kV; ++i) r[i] = i < MR ? V::loadu(a + i * rs + k) : V(T(0));
+          transpose_square<T>(r);
 #pragma GCC unroll 16
-        for (int j = 0; j < kV; ++j) r[j].store(dst + (k + j) * MR);
+          for (int j = 0; j < kV; ++j) r[j].store(dst + (k + j) * MR);
+        }
+        for (; k < kc; ++k) {
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = a[i * rs + k];
+        }
+        continue;
       }
-      for (; k < kc; ++k) {
+      if (mr == MR) {  // rows: kMR streams along k
+        const T* rows[MR];
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) dst[k * MR + i] = a[i * rs + k];
+        for (int i = 0; i < MR; ++i) rows[i] = a + i * rs;
+        for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = rows[i][k * cs];
+        }
+        continue;
       }
-    } else if (mr == MR) {  // rows: kMR streams along k
-      const T* rows[MR];
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) rows[i] = a + i * rs;
-      for (int64_t k = 0; k < kc; ++k) {
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) dst[k * MR + i] = rows[i][k * cs];
-      }
-    } else {  // the last rows, zero-padded
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int i = 0; i < MR; ++i) dst[k * MR + i] = i < mr ? a[i * rs + k * cs] : T(0);
+    }
+    // The last rows, zero-padded; or a half type's elements, converted one by one.
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int i = 0; i < MR; ++i) {
+        dst[k * MR + i] = i < mr ? static_cast<T>(a[i * rs + k * cs]) : T(0);
       }
     }
   }
@@ -207,39 +169,68 @@ void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst) 
 
 // B's rows [0, kc) x columns [0, nc) (B points at the block's first element) into panels of
 // kNR columns: panel p holds dst[p * kc * kNR + k * kNR + c] = B(k, p * kNR + c), zero past nc.
-template <typename T>
-void pack_b(int64_t kc, int64_t nc, const T* B, int64_t rs, int64_t cs, T* dst) {
+// S: T, or a half type whose elements are converted to T (float) as they are read.
+template <typename T, typename S = T>
+void pack_b(int64_t kc, int64_t nc, const S* B, int64_t rs, int64_t cs, T* dst) {
   using V = Vec<T>;
   constexpr int64_t NR = Blocking<T>::kNR, kV = V::size();
   for (int64_t n0 = 0; n0 < nc; n0 += NR, dst += kc * NR) {
     const int64_t nr = std::min(NR, nc - n0);
-    const T* b = B + n0 * cs;
-    if (nr == NR && cs == 1) {  // rows of the panel are contiguous: two vectors a row
-      for (int64_t k = 0; k < kc; ++k) {
-        V::loadu(b + k * rs).store(dst + k * NR);
-        V::loadu(b + k * rs + kV).store(dst + k * NR + kV);
-      }
-    } else if (nr == NR && rs == 1) {
-      // Columns of the panel are contiguous (B is a row-major matrix transposed): kV x kV
-      // blocks of each half of the panel transposed in registers.
-      int64_t k = 0;
-      for (; k + kV <= kc; k += kV) {
-#pragma GCC unroll 2
-        for (int64_t half = 0; half < 2; ++half) {
-          V r[kV];
-#pragma GCC unroll 16
-          for (int64_t c = 0; c < kV; ++c) r[c] = V::loadu(b + (half * kV + c) * cs + k);
-          transpose_square<T>(r);
-#pragma GCC unroll 16
-          for (int64_t j = 0; j < kV; ++j) r[j].store(dst + (k + j) * NR + half * kV);
+    const S* b = B + n0 * cs;
+    if constexpr (std::is_same_v<S, T>) {
+      if (nr == NR && cs == 1) {  // rows of the panel are contiguous: two vectors a row
+        for (int64_t k = 0; k < kc; ++k) {
+          V::loadu(b + k * rs).store(dst + k * NR);
+          V::loadu(b + k * rs + kV).store(dst + k * NR + kV);
         }
+        continue;
       }
-      for (; k < kc; ++k) {
-        for (int64_t c = 0; c < NR; ++c) dst[k * NR + c] = b[c * cs + k];
+      if (nr == NR && rs == 1) {
+        // Columns of the panel are contiguous (B is a row-major matrix transposed): kV x kV
+        // blocks of each half of the panel transposed in registers.
+        int64_t k = 0;
+        for (; k + kV <= kc; k += kV) {
+#pragma GCC unroll 2
+          for (int64_t half = 0; half < 2; ++half) {
+            V r[kV];
+#pragma GCC unroll 16
+            for (int64_t c = 0; c < kV; ++c) r[c] = V::loadu(b + (half * kV + c) * cs + k);
+            transpose_square<T>(r);
+#pragma GCC unroll 16
+            for (int64_t j = 0; j < kV; ++j) r[j].store(dst + (k + j) * NR + half * kV);
+          }
+        }
+        for (; k < kc; ++k) {
+          for (int64_t c = 0; c < NR; ++c) dst[k * NR + c] = b[c * cs + k];
+        }
+        continue;
       }
-    } else {  // the last columns, zero-padded, or any strides
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? b[k * rs + c * cs] : T(0);
+    } else {
+      if (cs == 1) {  // a half type's rows: each converted as a whole
+        for (int64_t k = 0; k < kc; ++k) {
+          T* out = dst + k * NR;
+          copy_converted(b + k * rs, nr, out);
+          if (nr < NR) std::fill(out + nr, out + NR, T(0));
+        }
+        continue;
+      }
+      if (rs == 1) {  // a half type's columns: kNR streams along k, a cache line of each at a time
+        constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+        for (int64_t k0 = 0; k0 < kc; k0 += kLine) {
+          const int64_t k1 = std::min(kc, k0 + kLine);
+          for (int64_t c = 0; c < NR; ++c) {
+            for (int64_t k = k0; k < k1; ++k) {
+              dst[k * NR + c] = c < nr ? static_cast<T>(b[c * cs + k]) : T(0);
+            }
+          }
+        }
+        continue;
+      }
+    }
+    // The last columns, zero-padded, or any strides.
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t c = 0; c < NR; ++c) {
+        dst[k * NR + c] = c < nr ? static_cast<T>(b[k * rs + c * cs]) : T(0);
       }
     }
   }
@@ -364,21 +355,13 @@ void run_rectangle(const Problem<T, S>& p, int64_t m0, int64_t m1, int64_t n0, i
     for (int64_t pc = 0; pc < p.K; pc += KC) {
       const int64_t kc = std::min(KC, p.K - pc);
       const S* b_block = p.B.p + pc * p.B.rs + jc * p.B.cs;
-      if constexpr (std::is_same_v<S, T>) {
-        pack_b(kc, nc, b_block, p.B.rs, p.B.cs, bp);
-      } else {
-        pack_b_converting(kc, nc, b_block, p.B.rs, p.B.cs, bp);
-      }
+      pack_b<T, S>(kc, nc, b_block, p.B.rs, p.B.cs, bp);
       const bool add_c = pc > 0 || p.beta;
       const T* bias = (pc == 0 && p.bias != nullptr) ? p.bias + jc : nullptr;
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min(MC, m1 - ic);
         const S* a_block = p.A.p + ic * p.A.rs + pc * p.A.cs;
-        if constexpr (std::is_same_v<S, T>) {
-          pack_a(mc, kc, a_block, p.A.rs, p.A.cs, ap);
-        } else {
-          pack_a_converting(mc, kc, a_block, p.A.rs, p.A.cs, ap);
-        }
+        pack_a<T, S>(mc, kc, a_block, p.A.rs, p.A.cs, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const T* b = bp + (jr / NR) * kc * NR;
           for (int64_t ir = 0; ir < mc; ir += MR) {
