@@ -57,6 +57,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                       num_layers, bidirectional, at::TensorList(panels));
       },
       no_gil, "The direct entry of the quantized GRU op (cpu/quantized.h), for plain eager calls");
+  m.def(
+      "quantized_cell_direct",
+      [](const at::Tensor& input, const std::optional<at::Tensor>& hx,
+         const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& scales,
+         const std::vector<at::Tensor>& panels, bool has_biases, int64_t input_size,
+         int64_t hidden_size) {
+        return gn::cpu::quantized_cell_direct(input, hx, weights, scales, panels, has_biases,
+                                              input_size, hidden_size);
+      },
+      no_gil, "QuantizedGRUCell's plain eager call (cpu/quantized.h); None: the Python path's");
+  m.def(
+      "quantized_gru_direct",
+      [](const at::Tensor& input, const std::optional<at::Tensor>& hx,
+         const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& scales,
+         const std::vector<at::Tensor>& panels, bool has_biases, int64_t num_layers,
+         bool bidirectional, bool batch_first, int64_t input_size, int64_t hidden_size) {
+        return gn::cpu::quantized_gru_direct(input, hx, weights, scales, panels, has_biases,
+                                             num_layers, bidirectional, batch_first, input_size,
+                                             hidden_size);
+      },
+      no_gil, "QuantizedGRU's plain eager call for a dense batched input (cpu/quantized.h); "
+      "None: the Python path's");
   m.def("_set_differentiable_backward", &gn::set_differentiable_backward,
         "Registers the Python backward used under create_graph=True");
   m.def("saved_fields", &gn::saved_fields, "The autograd node's saved layout, by name");

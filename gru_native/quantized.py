@@ -21,6 +21,7 @@ per module (its fake kernel: gru_native/_registration.py).
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import Dict, Iterable, Optional, Tuple, Union
 
@@ -35,6 +36,7 @@ from .gru import GRU, GRUCell, cell_call, sequence_call
 __all__ = ["QuantizedGRU", "QuantizedGRUCell", "quantize", "quantization_error"]
 
 _quantized_op = torch.ops.gru_native.quantized_gru.default
+_VERSION = operator.attrgetter("_version")
 DTYPES = (torch.qint8, torch.bfloat16)
 
 
@@ -81,6 +83,16 @@ def _inference_only(module: nn.Module, tensors) -> None:
             f"in eval mode only. To train, train the float32 gru_native.{float_name} (or "
             f"torch.nn.{float_name}) it was made from and quantize it again; for inference, call "
             f".eval() and pass inputs that do not require grad.")
+
+
+def _direct_call(module: nn.Module, input, hx) -> bool:
+    """Whether a call may try the modules' direct C++ entries (``_C.quantized_cell_direct``,
+    ``_C.quantized_gru_direct``): eval mode, plain tensors, plain eager. The entries return None
+    for anything the Python path would raise for or treat otherwise (a gradient wanted, another
+    dtype, device, rank or size), and the caller then takes that path: its errors are the
+    only ones."""
+    return (not module.training and _route.quantized_route((input, hx)) is _route.DIRECT
+            and type(input) is Tensor and (hx is None or type(hx) is Tensor))
 
 
 class _QuantizedBase(nn.Module):
@@ -157,11 +169,35 @@ class _QuantizedBase(nn.Module):
         """Rebuild the int8 weights' panel copy at the next call (only needed after writing a
         weight buffer through ``.data`` or numpy: other changes are seen by themselves)."""
         self.__dict__.pop("_panel_cache", None)
+        self.__dict__.pop("_direct_cache", None)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_panel_cache", None)  # a copy of the buffers: rebuilt at the first call
+        state.pop("_direct_cache", None)
         return state
+
+    def _direct_args(self) -> tuple:
+        """(weights, scales, panels): the direct entries' arguments, as `_flat` and
+        `_panels` give them, kept between calls while every buffer the op reads is the tensor
+        kept and the int8 matrices' version counters have not moved (what `_panels` checks)."""
+        cache = self.__dict__.get("_direct_cache")
+        if cache is not None:
+            names, tensors, matrices, versions, args = cache
+            if (all(map(operator.is_, map(self._buffers.get, names), tensors))
+                    and list(map(_VERSION, matrices)) == versions):
+                return args
+        weights, scales = self._flat()
+        panels = self._panels(weights) if scales else []
+        names = list(self._weight_names)
+        matrices = []
+        if scales:
+            names += [n + "_scale" for n in self._weight_names if n[0] == "w"]
+            matrices = [w for n, w in zip(self._weight_names, weights) if n[0] == "w"]
+        args = (weights, scales, panels)
+        self.__dict__["_direct_cache"] = (names, weights + scales, matrices,
+                                          list(map(_VERSION, matrices)), args)
+        return args
 
     def _call_op(self, input, hx, batch_sizes, num_layers, bidirectional):
         weights, scales = self._flat()
@@ -242,6 +278,15 @@ class QuantizedGRU(_QuantizedBase):
                                f"{self.input_size}, got {input.size(-1)}")
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None):
+        if _direct_call(self, input, hx):
+            # Plain eager, a dense [T, N, C] / [N, T, C] float32 input: one C++ entry with the
+            # checks below (None when any would fail or anything else applies).
+            result = _C.quantized_gru_direct(input, hx, *self._direct_args(), self.bias,
+                                             self.num_layers, self.bidirectional,
+                                             self.batch_first, self.input_size,
+                                             self.hidden_size)
+            if result is not None:
+                return result
         data = input.data if isinstance(input, PackedSequence) else input
         _inference_only(self, (data, hx))
         return sequence_call(self, input, hx, self._run)
@@ -291,6 +336,12 @@ class QuantizedGRUCell(_QuantizedBase):
         return new
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if _direct_call(self, input, hx):
+            # Plain eager: one C++ entry with the checks below (None when any would fail).
+            result = _C.quantized_cell_direct(input, hx, *self._direct_args(), self.bias,
+                                              self.input_size, self.hidden_size)
+            if result is not None:
+                return result
         _inference_only(self, (input, hx))
         if input.dtype != torch.float32:
             raise ValueError(f"gru_native.QuantizedGRUCell takes float32 input, got "

@@ -231,6 +231,91 @@ def test_panels_follow_the_weight_buffers():
     assert torch.equal(q(x)[0], from_the_buffers())
 
 
+def _python_path(module, *args, monkeypatch):
+    """The module's call with its direct C++ entries declined (None): the Python path."""
+    with monkeypatch.context() as m:
+        m.setattr(gru_native._C, "quantized_cell_direct", lambda *a: None)
+        m.setattr(gru_native._C, "quantized_gru_direct", lambda *a: None)
+        return module(*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_direct_entries_match_the_python_path(dtype, monkeypatch):
+    # Plain eager calls go through _C.quantized_cell_direct / _C.quantized_gru_direct: the same
+    # results (views of the same shapes) as the Python path, for every form they take.
+    calls = []
+    for name in ("quantized_cell_direct", "quantized_gru_direct"):
+        entry = getattr(gru_native._C, name)
+        monkeypatch.setattr(gru_native._C, name,
+                            lambda *a, _entry=entry, _name=name: calls.append(_name) or _entry(*a))
+    cell = quantize(nn.GRUCell(7, 20), dtype)
+    x, h = torch.randn(5, 7), torch.randn(5, 20)
+    for args in [(x, h), (x,), (x[0], h[0]), (x[0],), (x.t().contiguous().t(), h[:, ::1]),
+                 (x[::2], h[::2])]:
+        got, want = cell(*args), _python_path(cell, *args, monkeypatch=monkeypatch)
+        assert torch.equal(got, want) and got.shape == want.shape
+    assert calls.count("quantized_cell_direct") == 6
+    for bf, layers, bi in [(False, 1, False), (True, 2, True), (False, 2, False)]:
+        q = quantize(_float_gru(6, 12, layers, bi, batch_first=bf), dtype)
+        x = torch.randn(4, 3, 6)  # [T, N, C]
+        h0 = torch.randn(layers * (2 if bi else 1), 3, 12)
+        forms = [x, x[:1], x.transpose(0, 1).contiguous().transpose(0, 1)]
+        if bf:
+            forms = [f.transpose(0, 1) for f in forms]
+        for args in [(forms[0],), (forms[0], h0), (forms[1], h0), (forms[2],)]:
+            got, want = q(*args), _python_path(q, *args, monkeypatch=monkeypatch)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b) and a.shape == b.shape and a.stride() == b.stride()
+    assert calls.count("quantized_gru_direct") == 12
+
+
+def test_direct_entries_follow_every_buffer():
+    # The direct entries' arguments are kept between calls: a replaced bias or scale, a weight
+    # written in place, load_state_dict, .to() and repack() are all seen.
+    cell = quantize(nn.GRUCell(5, 16))
+    x, h = torch.randn(3, 5), torch.randn(3, 16)
+
+    def from_the_buffers():
+        weights, scales = cell._flat()
+        return torch.ops.gru_native.quantized_gru(x[None], h[None], weights, scales, None, True,
+                                                  1, False)[1][0]
+
+    assert torch.equal(cell(x, h), from_the_buffers())
+    cell.bias_hh = cell.bias_hh + 1
+    assert torch.equal(cell(x, h), from_the_buffers())
+    cell.weight_hh_scale = cell.weight_hh_scale * 2
+    assert torch.equal(cell(x, h), from_the_buffers())
+    with torch.no_grad():
+        cell.weight_ih.neg_()
+    assert torch.equal(cell(x, h), from_the_buffers())
+    cell.load_state_dict(quantize(nn.GRUCell(5, 16)).state_dict())
+    assert torch.equal(cell(x, h), from_the_buffers())
+    cell.to(torch.float32)  # buffers replaced by .to(): the same values
+    assert torch.equal(cell(x, h), from_the_buffers())
+    cell.weight_hh.data.copy_(cell.weight_hh.flip(1))  # bypasses the version counter
+    cell.repack()
+    assert torch.equal(cell(x, h), from_the_buffers())
+    assert torch.equal(pickle.loads(pickle.dumps(cell))(x, h), cell(x, h))
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 8, 9, 16, 32])
+def test_bf16_weights_give_the_float_modules_bits(N):
+    # bfloat16 weights are converted to float exactly; up to 32 rows both the float32 modules and
+    # the bfloat16-weight ones run the same dot products (converted as loaded, or a block of W
+    # converted once for 4 rows or more): the float32 module on the rounded weights, bit for bit.
+    torch.manual_seed(N)
+    cell = nn.GRUCell(24, 40)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(p.bfloat16().float())
+    q = quantize(copy.deepcopy(cell), torch.bfloat16)
+    ours = gru_native.GRUCell(24, 40)
+    ours.load_state_dict(cell.state_dict())
+    x, h = torch.randn(N, 24), torch.randn(N, 40)
+    with torch.no_grad():
+        assert torch.equal(q(x, h), ours(x, h))
+
+
 def test_nan_reaches_its_row_only():
     q = quantize(_float_gru(6, 20))
     x = torch.randn(3, 4, 6)

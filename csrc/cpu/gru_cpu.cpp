@@ -24,7 +24,7 @@ struct CpuBackend {
   // Packing W_ih^T costs a pass over it per call; the packed microkernel wins it back from about
   // 64 rows on (benchmarks/NOTES.md, step-wise calls). A few rows times a row-major one
   // (d(input) = dG W_ih of a step) run as rows of W_ih streamed once (few_rows_gemm).
-  static constexpr int64_t kDotRows = 32;
+  static constexpr int64_t kDotRows = cpu::kDotRowsMax;
   static constexpr int64_t kFewRows = cpu::kFewRowsMax;
 
   // Tensors of one device: nothing to guard.

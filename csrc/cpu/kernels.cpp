@@ -65,6 +65,35 @@ void convert_rows(int64_t M, int64_t K, const S* src, int64_t ld_src, D* dst, in
   }
 }
 
+// dot_rows with 16-bit weights (bfloat16, float16) converts each vector of W as it loads it, once
+// per tile of rows of A. From kConvertRows rows of A on, W's rows are converted to float once
+// instead, a block of whole tiles of rows (about kConvertBytes) at a time into a buffer of the
+// thread's, and the float dot products run on the block: the same values in the same sums, the
+// same bits (dot_rows' sums do not depend on the tiling).
+constexpr int64_t kConvertRows = 4;
+constexpr int64_t kConvertBytes = 48 * 1024;
+
+template <typename A, typename W, typename Out>
+void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t K, const W* w,
+                        int64_t ldw, Out* C, int64_t ldc) {
+  using T = Math<W>;
+  if constexpr (std::is_same_v<W, T>) {
+    dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);
+  } else {
+    if (M < kConvertRows || K <= 0) return dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);
+    constexpr int64_t kCB = DotTiling<T>::kCB;
+    const int64_t block =
+        kCB * std::max<int64_t>(1, kConvertBytes / (kCB * K * static_cast<int64_t>(sizeof(T))));
+    thread_local std::vector<T> converted;
+    if (converted.size() < static_cast<size_t>(block * K)) converted.resize(block * K);
+    for (int64_t c0 = 0; c0 < Nc; c0 += block) {
+      const int64_t rows = std::min(block, Nc - c0);
+      convert_rows(rows, K, w + c0 * ldw, ldw, converted.data(), K);
+      dot_rows(M, a, lda, rows, K, converted.data(), K, C + c0, ldc);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -128,8 +157,12 @@ struct ForwardSlice {
             : Int8Weights{p.w_hh[d] + (g * H + j0) * H, H};
         qdot(hq->view(m0, m0 + M), wd, w, p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
       }
-    } else if (direct) {
+    } else if (direct && std::is_same_v<w_t, acc_t>) {
       direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, wd, C, ldc);
+    } else if (direct) {  // direct_product's products, W_hh converted once for many rows
+      for (int g = 0; g < kGates; ++g) {
+        dot_rows_converted(M, A, lda, wd, H, p.w_hh[d] + (g * H + j0) * H, H, C + g * wd, ldc);
+      }
     } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
       buf.wh.run(M, A, lda, C, ldc, false);
     } else {
@@ -456,7 +489,7 @@ void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
   constexpr int64_t kParallelDots = 64 * 1024;  // multiply-adds
   const int64_t grain = M * N * K < kParallelDots ? N : 64;
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    dot_rows(M, a, lda, n1 - n0, K, b + n0 * ldb, ldb, C + n0, ldc);
+    dot_rows_converted(M, a, lda, n1 - n0, K, b + n0 * ldb, ldb, C + n0, ldc);
   });
 }
 

@@ -43,9 +43,15 @@ template <typename T>
 void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias);
 
-// C[M, N] = x W^T for a few rows of x (M small), W [N, K] row-major of element type W read in
-// place (bfloat16 weights stay two bytes wide): dot products along W's rows, threaded over them.
-// For the quantized layers' input projection of a step or a few.
+// Up to this many rows of A, a product with a transposed row-major matrix (the input projection
+// x W^T of a step or a few) runs as dot products along its rows (dot_gemm.h), nothing packed:
+// the float backend's small_gemm and the bfloat16-weight layers' project_rows.
+constexpr int64_t kDotRowsMax = 32;
+
+// C[M, N] = x W^T for a few rows of x (M <= kDotRowsMax), W [N, K] row-major of element type W
+// read in place (bfloat16 weights stay two bytes wide; from 4 rows on converted to float once, a
+// block at a time): dot products along W's rows, threaded over them. For the quantized layers'
+// input projection of a step or a few.
 template <typename W>
 void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
                   float* C, int64_t ldc);

@@ -1,6 +1,6 @@
 // quantized.cpp: the quantized GRU op on the CPU (quantized.h): argument checks, the input
 // projections (int8: activations quantized per row, qdot.h; bfloat16: dot products on the
-// weights in place for a few rows, else the float GEMM on the weights converted once), and the
+// weights in place up to kDotRowsMax rows, else the float GEMM on the weights converted once), and the
 // layers' recurrence (kernels.cpp, forward_layer<float, W>). Inference only: nothing is saved.
 
 // First: it chooses at::vec's instruction set, for every ATen header after it.
@@ -61,8 +61,9 @@ void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panel
 // C[m, n] = x row m times bfloat16 row n of W [N, K].
 void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BFloat16* W,
                   float* C, int64_t ldc) {
-  // A few rows read the weights in place (dot products), as the float backend does.
-  if (M <= kFewRowsMax) return project_rows(M, N, K, x, K, W, C, ldc);
+  // Up to kDotRowsMax rows read the weights in place (dot products), as the float backend
+  // does: the float module's sums on the same (converted) weights.
+  if (M <= kDotRowsMax) return project_rows(M, N, K, x, K, W, C, ldc);
   const at::Tensor w_float = cached_empty({N * K}, at::kFloat);
   float* wf = w_float.data_ptr<float>();
   at::parallel_for(0, N * K, 64 * 1024, [&](int64_t i0, int64_t i1) {
@@ -71,11 +72,13 @@ void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BF
   gemm<float>(M, N, K, MatRef<float>{x, K, 1}, MatRef<float>{wf, 1, K}, 0.0f, C, ldc, nullptr);
 }
 
+// `name()`: the argument's name, made only for the message.
+template <typename Name>
 void check_tensor(const at::Tensor& t, at::ScalarType dtype, at::IntArrayRef shape,
-                  const std::string& name) {
+                  const Name& name) {
   TORCH_CHECK(t.defined() && t.device().is_cpu() && t.scalar_type() == dtype &&
                   t.sizes() == shape,
-              "gru_native: quantized_gru: ", name, " must be a ", dtype, " CPU tensor of shape ",
+              "gru_native: quantized_gru: ", name(), " must be a ", dtype, " CPU tensor of shape ",
               shape, ", got ",
               t.defined() ? c10::str(t.scalar_type(), " on ", t.device(), " of shape ", t.sizes())
                           : std::string("an undefined tensor"));
@@ -170,10 +173,11 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
   std::vector<at::Tensor> w(weights.size());
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
     const int64_t kind = i % g.P, cols = kind == 1 ? g.H : g.layer_input_size(i / g.P / g.D);
+    const auto name = [&] { return param_name(i, g.P, g.D); };
     if (kind < 2) {
-      check_tensor(weights[i], wt, {G, cols}, param_name(i, g.P, g.D));
+      check_tensor(weights[i], wt, {G, cols}, name);
     } else {
-      check_tensor(weights[i], at::kFloat, {G}, param_name(i, g.P, g.D));
+      check_tensor(weights[i], at::kFloat, {G}, name);
     }
     w[i] = weights[i].contiguous();
   }
@@ -183,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
               scales.size());
   for (int64_t i = 0; i < n_scales; ++i) {
     check_tensor(scales[i], at::kFloat, {G},
-                 param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s scale");
+                 [&] { return param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s scale"; });
     TORCH_CHECK(scales[i].is_contiguous(), "gru_native: quantized_gru: scales must be contiguous");
   }
   const at::TensorList panel_list = panels.value_or(at::TensorList());
@@ -193,14 +197,14 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
   for (int64_t i = 0; i < static_cast<int64_t>(panel_list.size()); ++i) {
     const int64_t cols = i % 2 == 1 ? g.H : g.layer_input_size(i / 2 / g.D);
     check_tensor(panel_list[i], at::kChar, {int8_panels_size(kGates, g.H, cols)},
-                 param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s panels");
+                 [&] { return param_name((i / 2) * g.P + i % 2, g.P, g.D) + "'s panels"; });
     TORCH_CHECK(panel_list[i].is_contiguous(),
                 "gru_native: quantized_gru: panels must be contiguous");
   }
   const int64_t N = g.steps.N, R = g.steps.R, H = g.H, D = g.D;
   at::Tensor h0;
   if (hx.has_value()) {
-    check_tensor(*hx, at::kFloat, {g.L * D, N, H}, "hx");
+    check_tensor(*hx, at::kFloat, {g.L * D, N, H}, [] { return std::string("hx"); });
     h0 = hx->contiguous();
   }
   at::Tensor output = g.packed ? at::empty({R, D * H}, input.options())
@@ -216,6 +220,66 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
   return {output, hy};
 }
 
+namespace {
+
+// What gru_native/quantized.py's forwards raise for or hand elsewhere before their op call:
+// not a float32 CPU tensor, or a gradient wanted.
+bool plain_float(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat &&
+         !(t.requires_grad() && at::GradMode::is_enabled());
+}
+
+}  // namespace
+
+std::optional<at::Tensor> quantized_cell_direct(const at::Tensor& input,
+                                                const std::optional<at::Tensor>& hx,
+                                                at::TensorList weights, at::TensorList scales,
+                                                at::TensorList panels, bool has_biases,
+                                                int64_t input_size, int64_t hidden_size) {
+  // QuantizedGRUCell.forward's checks (and cell_call's, and _run's): input [N, C] or [C] with
+  // hx of the same rank, or none.
+  const int64_t dim = input.dim();
+  if ((dim != 1 && dim != 2) || !plain_float(input) || input.size(-1) != input_size) {
+    return std::nullopt;
+  }
+  const int64_t N = dim == 2 ? input.size(0) : 1;
+  if (hx.has_value() &&
+      (hx->dim() != dim || !plain_float(*hx) || hx->size(-1) != hidden_size ||
+       (dim == 2 && hx->size(0) != N))) {
+    return std::nullopt;
+  }
+  // The Python path's tensors: [1, N, C] and [1, N, H] (zeros for no hx), h' = hy[0].
+  const at::Tensor x = dim == 2 ? input.unsqueeze(0) : input.unsqueeze(0).unsqueeze(0);
+  const at::Tensor h = !hx.has_value() ? at::zeros({1, N, hidden_size}, input.options())
+                       : dim == 2      ? hx->unsqueeze(0)
+                                       : hx->unsqueeze(0).unsqueeze(0);
+  const at::Tensor hy = std::get<1>(quantized_gru(x, h, weights, scales, std::nullopt,
+                                                  has_biases, 1, false, panels));
+  return dim == 2 ? hy.select(0, 0) : hy.view({hidden_size});
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> quantized_gru_direct(
+    const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
+    at::TensorList scales, at::TensorList panels, bool has_biases, int64_t num_layers,
+    bool bidirectional, bool batch_first, int64_t input_size, int64_t hidden_size) {
+  // QuantizedGRU.forward's checks for a dense batched input (sequence_call, check_input,
+  // check_forward_args): [T, N, C] ([N, T, C] batch first), T > 0; hx [L * D, N, H] or none.
+  if (input.dim() != 3 || !plain_float(input) || input.size(-1) != input_size ||
+      input.size(batch_first ? 1 : 0) == 0) {
+    return std::nullopt;
+  }
+  const int64_t N = input.size(batch_first ? 0 : 1);
+  if (hx.has_value() &&
+      (!plain_float(*hx) ||
+       hx->sizes() != at::IntArrayRef{num_layers * (bidirectional ? 2 : 1), N, hidden_size})) {
+    return std::nullopt;
+  }
+  auto [output, hy] =
+      quantized_gru(batch_first ? input.transpose(0, 1) : input, hx, weights, scales,
+                    std::nullopt, has_biases, num_layers, bidirectional, panels);
+  return std::make_tuple(batch_first ? output.transpose(0, 1) : output, hy);
+}
+
 std::tuple<std::string, std::string, std::string> lowp_paths() {
 #if defined(CPU_CAPABILITY_AVX512)
   const char* isa = "AVX512";
@@ -228,7 +292,12 @@ std::tuple<std::string, std::string, std::string> lowp_paths() {
     return {"converted to float elementwise, float math", "converted to float elementwise, float math",
             qdot_isa()};
   }
-  return {std::string(isa) + ": converted to float as loaded (vpmovzxwd, vpslld), float FMA",
+#if defined(CPU_CAPABILITY_AVX512)
+  const char* bf16 = ": converted to float as loaded (vpmovzxwd, vpslld), float FMA";
+#else
+  const char* bf16 = ": converted to float as loaded (vbroadcasti128, vpshufb), float FMA";
+#endif
+  return {std::string(isa) + bf16,
           std::string(isa) + " + F16C: vcvtph2ps / vcvtps2ph, float FMA", qdot_isa()};
 }
 

@@ -34,6 +34,23 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
                                                  bool bidirectional,
                                                  std::optional<at::TensorList> panels);
 
+// The direct entries of gru_native.QuantizedGRUCell's and QuantizedGRU's plain eager calls
+// (gru_native/quantized.py): the modules' own checks, then quantized_gru on the Python path's
+// tensors, the same result; None where a check would fail or anything else applies (a gradient
+// wanted, another dtype or device, rank or size; for the GRU a packed or unbatched input), for
+// the Python path to raise or handle. The cell: input [N, C] or [C], hx of the same rank or
+// none (zeros) -> h' [N, H] or [H]. The GRU: input [T, N, C] ([N, T, C] batch_first), T > 0,
+// hx [L*D, N, H] or none -> (output, h_n) as QuantizedGRU.forward returns them.
+std::optional<at::Tensor> quantized_cell_direct(const at::Tensor& input,
+                                                const std::optional<at::Tensor>& hx,
+                                                at::TensorList weights, at::TensorList scales,
+                                                at::TensorList panels, bool has_biases,
+                                                int64_t input_size, int64_t hidden_size);
+std::optional<std::tuple<at::Tensor, at::Tensor>> quantized_gru_direct(
+    const at::Tensor& input, const std::optional<at::Tensor>& hx, at::TensorList weights,
+    at::TensorList scales, at::TensorList panels, bool has_biases, int64_t num_layers,
+    bool bidirectional, bool batch_first, int64_t input_size, int64_t hidden_size);
+
 // Which instructions each low-precision path runs on in this build, for build_info():
 // {"bfloat16": ..., "float16": ..., "int8": ...}.
 std::tuple<std::string, std::string, std::string> lowp_paths();

@@ -77,11 +77,24 @@ inline HalfWord load_halfword(const void* p) {
   return v;
 }
 inline void store_halfword(void* p, HalfWord v) { std::memcpy(p, &v, sizeof(v)); }
+#if defined(CPU_CAPABILITY_AVX512)
 inline Vec<float> load_math(const c10::BFloat16* p) {
   FloatBits o;
   at::vec::cvtbf16_fp32(load_halfword(p), o);
   return o;
 }
+#else
+// The 8 bfloat16 in both halves of a register (vbroadcasti128: a load, no ALU), each 16 bits
+// moved to the top of its 32-bit lane with zeros below by one byte shuffle: the float values
+// cvtbf16_fp32 gives (vpmovzxwd, then vpslld), one vector instruction fewer per 8 weights.
+inline Vec<float> load_math(const c10::BFloat16* p) {
+  const __m256i w = _mm256_broadcastsi128_si256(load_halfword(p));
+  const __m256i to_high = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                           -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1,
+                                           14, 15);
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(w, to_high));
+}
+#endif
 inline Vec<float> load_math(const c10::Half* p) { return half_to_float(load_halfword(p)); }
 inline void store_math(c10::BFloat16* p, const Vec<float>& v) {
   store_halfword(p, at::vec::cvtfp32_bf16(FloatBits(v)));
