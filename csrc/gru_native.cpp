@@ -57,6 +57,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                       num_layers, bidirectional, at::TensorList(panels));
       },
       no_gil, "The direct entry of the quantized GRU op (cpu/quantized.h), for plain eager calls");
+  m.def("int8_panels", &gn::cpu::int8_panels, no_gil,
+        "An int8 GRU weight [3H, K] in the panel layout of the quantized products (cpu/qdot.h)");
   m.def(
       "quantized_cell_direct",
       [](const at::Tensor& input, const std::optional<at::Tensor>& hx,

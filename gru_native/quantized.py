@@ -51,15 +51,10 @@ def quantize_weight(w: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _int8_panels(w: Tensor) -> Tensor:
-    """An int8 GRU weight [3H, K] in the panel layout of csrc/cpu/qdot.h (1-D): per gate, its
-    H rows padded with zero rows to a multiple of 8 and K with zeros to a multiple of 16, each 8
-    rows interleaved per 16 elements, so that a product reads 8 rows as one sequential stream."""
-    G, K = w.shape
-    H = G // 3
-    Hp, Kp = -(-H // 8) * 8, -(-K // 16) * 16
-    p = w.new_zeros((3, Hp, Kp))
-    p[:, :H, :K] = w.view(3, H, K)
-    return p.view(3, Hp // 8, 8, Kp // 16, 16).permute(0, 1, 3, 2, 4).contiguous().view(-1)
+    """An int8 GRU weight [3H, K] in the panel layout of csrc/cpu/qdot.h (1-D), which the eager
+    products read as one sequential stream per 8 rows: made by the extension
+    (``_C.int8_panels``), where the layout and its reader are defined."""
+    return _C.int8_panels(w)
 
 
 def _from_torch_quantized(w: Tensor) -> Tuple[Tensor, Tensor]:
@@ -92,7 +87,23 @@ def _direct_call(module: nn.Module, input, hx) -> bool:
     dtype, device, rank or size), and the caller then takes that path: its errors are the
     only ones."""
     return (not module.training and _route.quantized_route((input, hx)) is _route.DIRECT
-            and type(input) is Tensor and (hx is None or type(hx) is Tensor))
+            and type(input) is Tensor and (hx is None or type(hx) is Tensor)
+            and _own_checks(module))
+
+
+_OWN_CHECKS: Dict[type, bool] = {}
+
+
+def _own_checks(module: nn.Module) -> bool:
+    """Whether the module runs its class's own checks (``_checks``: what the Python path calls,
+    which the direct entries do in C++): not a subclass's or an instance's replacements, which
+    only the Python path would call."""
+    cls = type(module)
+    own = _OWN_CHECKS.get(cls)
+    if own is None:
+        base = next(b for b in (QuantizedGRU, QuantizedGRUCell) if issubclass(cls, b))
+        own = _OWN_CHECKS[cls] = all(getattr(cls, n) is getattr(base, n) for n in base._checks)
+    return own and not any(n in module.__dict__ for n in module._checks)
 
 
 class _QuantizedBase(nn.Module):
@@ -235,6 +246,9 @@ class QuantizedGRU(_QuantizedBase):
     get_expected_hidden_size = nn.RNNBase.get_expected_hidden_size
     check_hidden_size = nn.RNNBase.check_hidden_size
     permute_hidden = nn.RNNBase.permute_hidden
+    # What the Python path calls and the direct entry does itself (_own_checks).
+    _checks = ("check_input", "check_forward_args", "get_expected_hidden_size",
+               "check_hidden_size", "permute_hidden", "_run")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -316,6 +330,8 @@ class QuantizedGRUCell(_QuantizedBase):
     r"""An inference-only GRUCell with int8 (per-output-channel) or bfloat16 weights and float32
     activations: ``torch.nn.GRUCell``'s forward (input ``(N, C)`` or ``(C)``, hidden optional)
     on the CPU. Made by ``gru_native.quantize`` or ``QuantizedGRUCell.from_float``."""
+
+    _checks = ("_run",)  # what the Python path calls and the direct entry does itself
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  dtype: torch.dtype = torch.qint8) -> None:

@@ -208,6 +208,24 @@ def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
     assert torch.equal(q(x)[0], with_panels[0])
 
 
+@pytest.mark.parametrize("H,K", [(1, 1), (8, 16), (20, 7), (24, 33), (13, 50)])
+def test_int8_panels_are_the_documented_layout(H, K):
+    # csrc/cpu/qdot.h: per gate, H rows padded with zero rows to a multiple of 8 and K with
+    # zeros to a multiple of 16, element k of row c at
+    # (c // 8) * 8 * Kp + (k // 16) * 8 * 16 + (c % 8) * 16 + k % 16.
+    w = torch.randint(-127, 128, (3 * H, K), dtype=torch.int8)
+    Hp, Kp = -(-H // 8) * 8, -(-K // 16) * 16
+    want = torch.zeros((3, Hp, Kp), dtype=torch.int8)
+    want[:, :H, :K] = w.view(3, H, K)
+    want = want.view(3, Hp // 8, 8, Kp // 16, 16).permute(0, 1, 3, 2, 4).reshape(-1)
+    assert torch.equal(gru_native._C.int8_panels(w), want)
+    assert torch.equal(gru_native._C.int8_panels(w.t().contiguous().t()), want)  # any strides
+    with pytest.raises(RuntimeError, match="int8 CPU matrix of 3 \\* H rows"):
+        gru_native._C.int8_panels(w[1:])
+    with pytest.raises(RuntimeError, match="int8 CPU matrix"):
+        gru_native._C.int8_panels(w.float())
+
+
 def test_panels_follow_the_weight_buffers():
     q = quantize(_float_gru(9, 24))
     x = torch.randn(3, 2, 9)
@@ -267,6 +285,38 @@ def test_direct_entries_match_the_python_path(dtype, monkeypatch):
             for a, b in zip(got, want):
                 assert torch.equal(a, b) and a.shape == b.shape and a.stride() == b.stride()
     assert calls.count("quantized_gru_direct") == 12
+
+
+def test_overridden_checks_are_called(monkeypatch):
+    # A subclass's (or an instance's) check_input / check_forward_args / _run are what the
+    # Python path calls; the direct entries do the class's own checks in C++, so a module with
+    # replacements takes the Python path and its replacements run.
+    monkeypatch.setattr(gru_native._C, "quantized_gru_direct", lambda *a: pytest.fail("direct"))
+    monkeypatch.setattr(gru_native._C, "quantized_cell_direct", lambda *a: pytest.fail("direct"))
+    seen = []
+
+    class Checked(QuantizedGRU):
+        def check_input(self, input, batch_sizes):
+            seen.append("check_input")
+            super().check_input(input, batch_sizes)
+
+    q = Checked.from_float(_float_gru(6, 12)).eval()
+    x = torch.randn(4, 3, 6)
+    assert torch.equal(q(x)[0], _python_path(quantize(_float_gru(6, 12)), x,
+                                             monkeypatch=monkeypatch)[0])
+    assert seen == ["check_input"]
+    plain = quantize(_float_gru(6, 12))
+    plain.check_forward_args = lambda *a: seen.append("instance")
+    plain(x, torch.zeros(1, 3, 12))  # with h_0: check_forward_args
+    assert seen == ["check_input", "instance"]
+
+    class Cell(QuantizedGRUCell):
+        def _run(self, input, hx):
+            seen.append("_run")
+            return super()._run(input, hx)
+
+    Cell.from_float(nn.GRUCell(6, 12)).eval()(torch.randn(2, 6))
+    assert seen[-1] == "_run"
 
 
 def test_direct_entries_follow_every_buffer():

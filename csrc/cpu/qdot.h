@@ -162,7 +162,7 @@ struct QuantizedRows {
 //       w + (c / kPanel) * kPanel * Kp + (k / kQuantAlign) * kPanel * kQuantAlign
 //         + (c % kPanel) * kQuantAlign + k % kQuantAlign,   Kp = quant_padded(K),
 //     zeros past K and past the last row. A GRU weight [3H, K] is packed per gate (each gate's
-//     H rows padded to a multiple of kPanel): gru_native/quantized.py, pack_int8.
+//     H rows padded to a multiple of kPanel): pack_int8_panels, the only writer of the layout.
 // Both give the same sums (exact integers), so the same bits.
 constexpr int64_t kPanel = 8;
 
@@ -180,6 +180,28 @@ struct Int8Weights {
 // The bytes of a panel-packed GRU weight [gates * rows, K] (each gate's rows padded).
 inline int64_t int8_panels_size(int64_t gates, int64_t rows, int64_t K) {
   return gates * ((rows + kPanel - 1) / kPanel * kPanel) * quant_padded(K);
+}
+
+// W [gates * rows, K] (row-major, row stride ld) into the panel layout, each gate's rows padded:
+// out[0, int8_panels_size(gates, rows, K)), every byte written (zeros where padded).
+inline void pack_int8_panels(int64_t gates, int64_t rows, int64_t K, const int8_t* w, int64_t ld,
+                             int8_t* out) {
+  const int64_t Kp = quant_padded(K), panels = (rows + kPanel - 1) / kPanel;
+  for (int64_t g = 0; g < gates; ++g) {
+    for (int64_t p = 0; p < panels; ++p) {
+      for (int64_t k0 = 0; k0 < Kp; k0 += kQuantAlign) {
+        for (int64_t j = 0; j < kPanel; ++j, out += kQuantAlign) {
+          const int64_t r = p * kPanel + j, n = std::min(kQuantAlign, K - k0);
+          if (r < rows && n > 0) {
+            std::memcpy(out, w + (g * rows + r) * ld + k0, n);
+            std::memset(out + n, 0, kQuantAlign - n);
+          } else {
+            std::memset(out, 0, kQuantAlign);
+          }
+        }
+      }
+    }
+  }
 }
 
 #if defined(__AVX2__)

@@ -220,6 +220,18 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
   return {output, hy};
 }
 
+at::Tensor int8_panels(const at::Tensor& weight) {
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kChar && weight.dim() == 2 &&
+                  weight.size(0) % kGates == 0,
+              "gru_native: int8_panels: expected an int8 CPU matrix of 3 * H rows, got ",
+              weight.scalar_type(), " on ", weight.device(), " of shape ", weight.sizes());
+  const at::Tensor w = weight.contiguous();
+  const int64_t H = w.size(0) / kGates, K = w.size(1);
+  at::Tensor out = at::empty({int8_panels_size(kGates, H, K)}, w.options());
+  pack_int8_panels(kGates, H, K, w.data_ptr<int8_t>(), K, out.data_ptr<int8_t>());
+  return out;
+}
+
 namespace {
 
 // What gru_native/quantized.py's forwards raise for or hand elsewhere before their op call:

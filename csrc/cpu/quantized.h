@@ -34,6 +34,10 @@ std::tuple<at::Tensor, at::Tensor> quantized_gru(const at::Tensor& input,
                                                  bool bidirectional,
                                                  std::optional<at::TensorList> panels);
 
+// An int8 GRU weight [3H, K] in the panel layout of cpu/qdot.h (1-D, int8_panels_size(3, H, K)
+// bytes): what `panels` above holds, made here so that the layout has one definition.
+at::Tensor int8_panels(const at::Tensor& weight);
+
 // The direct entries of gru_native.QuantizedGRUCell's and QuantizedGRU's plain eager calls
 // (gru_native/quantized.py): the modules' own checks, then quantized_gru on the Python path's
 // tensors, the same result; None where a check would fail or anything else applies (a gradient
