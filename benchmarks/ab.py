@@ -12,7 +12,9 @@ should be near 1).
 
 Each tree must hold a gru_native/_C built for this Python and torch (`python setup.py
 build_ext --inplace` in it). Cases: the canonical dense shapes (inference, training) and the
-step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried state).
+step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried state); with
+--cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
+shapes, nn.GRU in float32 as the control.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ CANONICAL = [("seed", 9, 3, 5, 5, 1, False), ("seed-2L-bi", 9, 3, 5, 5, 2, True)
              ("small", 100, 32, 64, 64, 1, False), ("medium-2L-bi", 100, 32, 256, 256, 2, True),
              ("large", 50, 64, 512, 1024, 1, False), ("latency-B1", 200, 1, 256, 256, 1, False)]
 STEP_N, STEP_H = (1, 8, 64), (64, 256, 1024)
+# --cases lowp: the quantized modules (gru_native.quantize, int8 and bfloat16 weights), inference,
+# at bench.py --group lowp's shapes (T, N, C, H, layers, bi; "cell": a GRUCell).
+LOWP = [("medium-2L-bi", 100, 32, 256, 256, 2, True), ("large", 50, 64, 512, 1024, 1, False),
+        ("latency-B1", 200, 1, 256, 256, 1, False), ("stream-1024-2L", 1, 1, 1024, 1024, 2, False),
+        ("stream-256", 1, 1, 256, 256, 1, False), ("cell-256", 1, 1, 256, 256, 1, False),
+        ("cell-1024", 1, 1, 1024, 1024, 1, False), ("cell-256 N=8", 1, 8, 256, 256, 1, False),
+        ("T=1 N=64 H=1024", 1, 64, 1024, 1024, 1, False)]
 
 
 def cases(groups):
@@ -49,6 +58,12 @@ def cases(groups):
                                                                       else ""),
                                         kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False, mode=mode,
                                         h0=True))
+    if "lowp" in groups:
+        for quant in ("int8", "bf16"):
+            for name, T, N, C, H, L, bi in LOWP:
+                out.append(dict(name=f"{quant} {name}", kind="cell" if "cell" in name else "gru",
+                                T=T, N=N, C=C, H=H, L=L, bi=bi, mode="inference", h0=True,
+                                quant=quant))
     return out
 
 
@@ -75,6 +90,9 @@ def _runner(spec, impl):
                        else ())
     if mod is not ref:
         mod.load_state_dict(ref.state_dict())
+        if spec.get("quant"):
+            mod = gru_native.quantize(mod, torch.qint8 if spec["quant"] == "int8"
+                                      else torch.bfloat16)
     if spec["mode"] == "inference":
         def run():
             with torch.no_grad():
