@@ -333,6 +333,58 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
   }
 }
 
+#if defined(__AVX2__)
+// out[i * ldo + j] = float(dot(a[i], row j of the panel)) * (sa[i] * sw[j]) for i < 4, j < kPanel:
+// four rows of A against a whole panel in one call, as four 4 x 2 tiles whose sums are
+// transposed in registers into the four rows of eight outputs, scaled and stored as vectors.
+// The same exact sums and the same float operations as qdot_tile's, so the same bits; at
+// K = 256 it saves a quarter of the time the four qdot_tile calls took (their calls and scalar
+// epilogues were a third of it). Kp = quant_padded(K) <= kQuantBlockK.
+__attribute__((noinline)) void qdot_rows4_panel(int64_t Kp, const int16_t* const* a,
+                                                const int8_t* panel, const float* sa,
+                                                const float* sw, float* out, int64_t ldo) {
+  __m256i r[4];  // r[t], lane 2 i + jj: row i of A, row 2 t + jj of the panel
+  const int16_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+  for (int t = 0; t < 4; ++t) {
+    // qdot_chunks<4, 2, kPanel>'s loop, here in the same function as the others.
+    __m256i acc[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_si256();
+    const int8_t* w = panel + 2 * t * kQuantAlign;
+    for (int64_t k = 0; k < Kp; k += kQuantAlign, w += kPanel * kQuantAlign) {
+      const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+      const __m256i w1 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + kQuantAlign)));
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + k));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + k));
+      const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a2 + k));
+      const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a3 + k));
+      acc[0] = qdot_accumulate(acc[0], x0, w0);
+      acc[1] = qdot_accumulate(acc[1], x0, w1);
+      acc[2] = qdot_accumulate(acc[2], x1, w0);
+      acc[3] = qdot_accumulate(acc[3], x1, w1);
+      acc[4] = qdot_accumulate(acc[4], x2, w0);
+      acc[5] = qdot_accumulate(acc[5], x2, w1);
+      acc[6] = qdot_accumulate(acc[6], x3, w0);
+      acc[7] = qdot_accumulate(acc[7], x3, w1);
+    }
+    r[t] = qdot_lane_sums(acc);
+  }
+  // A transpose of 64-bit pairs: row i's eight sums are (r[0], r[1], r[2], r[3]) at pair i.
+  const __m256i u0 = _mm256_unpacklo_epi64(r[0], r[1]), u1 = _mm256_unpackhi_epi64(r[0], r[1]);
+  const __m256i u2 = _mm256_unpacklo_epi64(r[2], r[3]), u3 = _mm256_unpackhi_epi64(r[2], r[3]);
+  const __m256i sums[4] = {_mm256_permute2x128_si256(u0, u2, 0x20),
+                           _mm256_permute2x128_si256(u1, u3, 0x20),
+                           _mm256_permute2x128_si256(u0, u2, 0x31),
+                           _mm256_permute2x128_si256(u1, u3, 0x31)};
+  const __m256 scale_w = _mm256_loadu_ps(sw);
+  for (int i = 0; i < 4; ++i) {
+    const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(sa[i]), scale_w);
+    _mm256_storeu_ps(out + i * ldo, _mm256_mul_ps(_mm256_cvtepi32_ps(sums[i]), scale));
+  }
+}
+#endif
+
 // C[m, c] = the product of quantized row m of A (m < A.M) and int8 row c of W (K = A.K), scale
 // sw[c], for c < Nc. Per kPanel rows of W (in L1 while every row of A passes), tiles of 4, 2,
 // then 1 rows of A.
@@ -351,6 +403,14 @@ void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const
     }
     const float* s = sw + c0;
     int64_t m = 0;
+#if defined(__AVX2__)
+    if (KS != 1 && nc == kPanel && quant_padded(K) <= kQuantBlockK) {
+      for (; m + 4 <= A.M; m += 4) {
+        for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
+        qdot_rows4_panel(quant_padded(K), a, w[0], A.scale + m, s, C + m * ldc + c0, ldc);
+      }
+    }
+#endif
     for (; m + 4 <= A.M; m += 4) {
       for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
       for (int64_t j = 0; j < nc; j += 2) {
