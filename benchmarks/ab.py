@@ -8,7 +8,7 @@ workers' rounds too, as a check that the two processes see the same machine (its
 should be near 1).
 
     python benchmarks/ab.py BEFORE_TREE AFTER_TREE [--cases canonical,stepwise] [--rounds 15]
-                            [--clock cpu]
+                            [--clock cpu] [--cpu 0]
 
 Each tree must hold a gru_native/_C built for this Python and torch (`python setup.py
 build_ext --inplace` in it). Cases: the canonical dense shapes (inference, training) and the
@@ -127,12 +127,13 @@ def worker(clock):
 # -- the controller -------------------------------------------------------------------------------
 
 class Worker:
-    def __init__(self, tree, clock):
+    def __init__(self, tree, clock, cpu=None):
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
                                       clock],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env, cwd=os.path.abspath(tree))
+                                     env=env, cwd=os.path.abspath(tree), preexec_fn=pin)
 
     def time(self, spec, impl, calls):
         self.proc.stdin.write(json.dumps({"spec": spec, "impl": impl, "calls": calls}) + "\n")
@@ -157,8 +158,12 @@ def main():
                         "several, separated by '|', for any of them")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall time, or each worker's CPU time (steadier on a shared machine)")
+    p.add_argument("--cpu", type=int, default=None,
+                   help="run both workers on this one CPU (with OMP_NUM_THREADS=1): on a shared "
+                        "virtual machine the CPUs can differ in speed by tens of percent, which "
+                        "the nn.GRU control then shows")
     args = p.parse_args()
-    a, b = Worker(args.before, args.clock), Worker(args.after, args.clock)
+    a, b = Worker(args.before, args.clock, args.cpu), Worker(args.after, args.clock, args.cpu)
     print(f"# A = {args.before}, B = {args.after}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"command: python {' '.join(sys.argv)}")
     print(f"{'case':<24} {'mode':<9} | {'A ours':>10} {'B ours':>10} {'A/B':>6} | "
