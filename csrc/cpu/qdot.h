@@ -233,11 +233,11 @@ constexpr int64_t kQuantBlockK = 8192;
 
 #if defined(__AVX2__)
 // Lane i * CB + j: the sum over the chunks [k0, k1) (whole chunks) of a[i] times w_j, whose
-// chunk at k is at w[j] + k * KS. Not inlined: on its own, the loop keeps its pointers and
-// accumulators in registers.
+// chunk at k is at w[j] + k * KS.
 template <int RB, int CB, int KS>
-__attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows, const int8_t* const* w_rows, int64_t k0,
-                           int64_t k1) {
+__attribute__((always_inline)) inline __m256i qdot_loop(const int16_t* const* a_rows,
+                                                        const int8_t* const* w_rows, int64_t k0,
+                                                        int64_t k1) {
   const int16_t* a[RB];
   const int8_t* w[CB];
   for (int i = 0; i < RB; ++i) a[i] = a_rows[i] + k0;
@@ -264,6 +264,14 @@ __attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows, cons
     for (int j = 0; j < (KS == 1 ? CB : 1); ++j) w[j] += kQuantAlign * KS;
   }
   return qdot_lane_sums(acc);
+}
+
+// qdot_loop out of line: on its own, the loop keeps its pointers and accumulators in registers.
+template <int RB, int CB, int KS>
+__attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows,
+                                              const int8_t* const* w_rows, int64_t k0,
+                                              int64_t k1) {
+  return qdot_loop<RB, CB, KS>(a_rows, w_rows, k0, k1);
 }
 
 // qdot_chunks over [k0, k1) (k1 - k0 <= kQuantBlockK), row-major rows (KS 1) ending inside the
@@ -344,31 +352,9 @@ __attribute__((noinline)) void qdot_rows4_panel(int64_t Kp, const int16_t* const
                                                 const int8_t* panel, const float* sa,
                                                 const float* sw, float* out, int64_t ldo) {
   __m256i r[4];  // r[t], lane 2 i + jj: row i of A, row 2 t + jj of the panel
-  const int16_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
   for (int t = 0; t < 4; ++t) {
-    // qdot_chunks<4, 2, kPanel>'s loop, here in the same function as the others.
-    __m256i acc[8];
-#pragma GCC unroll 8
-    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_si256();
-    const int8_t* w = panel + 2 * t * kQuantAlign;
-    for (int64_t k = 0; k < Kp; k += kQuantAlign, w += kPanel * kQuantAlign) {
-      const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-      const __m256i w1 =
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + kQuantAlign)));
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + k));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + k));
-      const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a2 + k));
-      const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a3 + k));
-      acc[0] = qdot_accumulate(acc[0], x0, w0);
-      acc[1] = qdot_accumulate(acc[1], x0, w1);
-      acc[2] = qdot_accumulate(acc[2], x1, w0);
-      acc[3] = qdot_accumulate(acc[3], x1, w1);
-      acc[4] = qdot_accumulate(acc[4], x2, w0);
-      acc[5] = qdot_accumulate(acc[5], x2, w1);
-      acc[6] = qdot_accumulate(acc[6], x3, w0);
-      acc[7] = qdot_accumulate(acc[7], x3, w1);
-    }
-    r[t] = qdot_lane_sums(acc);
+    const int8_t* rows[2] = {panel + 2 * t * kQuantAlign, panel + (2 * t + 1) * kQuantAlign};
+    r[t] = qdot_loop<4, 2, kPanel>(a, rows, 0, Kp);
   }
   // A transpose of 64-bit pairs: row i's eight sums are (r[0], r[1], r[2], r[3]) at pair i.
   const __m256i u0 = _mm256_unpacklo_epi64(r[0], r[1]), u1 = _mm256_unpackhi_epi64(r[0], r[1]);
