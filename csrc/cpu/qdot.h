@@ -274,24 +274,30 @@ __attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows,
   return qdot_loop<RB, CB, KS>(a_rows, w_rows, k0, k1);
 }
 
-// qdot_chunks over [k0, k1) (k1 - k0 <= kQuantBlockK), row-major rows (KS 1) ending inside the
-// last chunk read through zeroed copies of their last elements.
+// The last, partial chunk [whole, k1) of row-major rows (KS 1), read through zeroed copies of
+// their last elements (the rows of A are padded with zeros).
+template <int RB, int CB>
+inline __m256i qdot_tail(const int16_t* const* a, const int8_t* const* w, int64_t whole,
+                         int64_t k1) {
+  alignas(16) int8_t tail[CB][kQuantAlign] = {};
+  const int8_t* tw[CB];
+  const int16_t* ta[RB];
+  for (int j = 0; j < CB; ++j) {
+    std::memcpy(tail[j], w[j] + whole, static_cast<size_t>(k1 - whole));
+    tw[j] = tail[j];
+  }
+  for (int i = 0; i < RB; ++i) ta[i] = a[i] + whole;
+  return qdot_chunks<RB, CB, 1>(ta, tw, 0, kQuantAlign);
+}
+
+// qdot_chunks over [k0, k1) (k1 - k0 <= kQuantBlockK), a partial last chunk of row-major rows
+// through qdot_tail.
 template <int RB, int CB, int KS>
 inline __m256i qdot_block(const int16_t* const* a, const int8_t* const* w, int64_t k0,
                           int64_t k1) {
   const int64_t whole = k0 + (k1 - k0) / kQuantAlign * kQuantAlign;
   __m256i sums = qdot_chunks<RB, CB, KS>(a, w, k0, whole);
-  if (KS == 1 && whole < k1) {
-    alignas(16) int8_t tail[CB][kQuantAlign] = {};
-    const int8_t* tw[CB];
-    const int16_t* ta[RB];
-    for (int j = 0; j < CB; ++j) {
-      std::memcpy(tail[j], w[j] + whole, static_cast<size_t>(k1 - whole));
-      tw[j] = tail[j];
-    }
-    for (int i = 0; i < RB; ++i) ta[i] = a[i] + whole;
-    sums = _mm256_add_epi32(sums, qdot_chunks<RB, CB, 1>(ta, tw, 0, kQuantAlign));
-  }
+  if (KS == 1 && whole < k1) sums = _mm256_add_epi32(sums, qdot_tail<RB, CB>(a, w, whole, k1));
   return sums;
 }
 #endif
@@ -342,19 +348,23 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
 }
 
 #if defined(__AVX2__)
-// out[i * ldo + j] = float(dot(a[i], row j of the panel)) * (sa[i] * sw[j]) for i < 4, j < kPanel:
-// four rows of A against a whole panel in one call, as four 4 x 2 tiles whose sums are
-// transposed in registers into the four rows of eight outputs, scaled and stored as vectors.
-// The same exact sums and the same float operations as qdot_tile's, so the same bits; at
-// K = 256 it saves a quarter of the time the four qdot_tile calls took (their calls and scalar
-// epilogues were a third of it). Kp = quant_padded(K) <= kQuantBlockK.
-__attribute__((noinline)) void qdot_rows4_panel(int64_t Kp, const int16_t* const* a,
-                                                const int8_t* panel, const float* sa,
-                                                const float* sw, float* out, int64_t ldo) {
-  __m256i r[4];  // r[t], lane 2 i + jj: row i of A, row 2 t + jj of the panel
+// out[i * ldo + j] = float(dot(a[i], w_j)) * (sa[i] * sw[j]) for i < 4, j < kPanel (w as in
+// qdot_tile, K padded for panels): four rows of A against kPanel rows of W in one call, as four
+// 4 x 2 tiles whose sums are transposed in registers into the four rows of eight outputs,
+// scaled and stored as vectors. The same exact sums and the same float operations as
+// qdot_tile's, so the same bits; at K = 256 it saves a quarter of the time the four qdot_tile
+// calls took (their calls and scalar epilogues were a third of it). K <= kQuantBlockK.
+template <int KS>
+__attribute__((noinline)) void qdot_rows4(int64_t K, const int16_t* const* a,
+                                          const int8_t* const* w, const float* sa,
+                                          const float* sw, float* out, int64_t ldo) {
+  const int64_t whole = K / kQuantAlign * kQuantAlign;
+  __m256i r[4];  // r[t], lane 2 i + jj: row i of A, row 2 t + jj of W
   for (int t = 0; t < 4; ++t) {
-    const int8_t* rows[2] = {panel + 2 * t * kQuantAlign, panel + (2 * t + 1) * kQuantAlign};
-    r[t] = qdot_loop<4, 2, kPanel>(a, rows, 0, Kp);
+    r[t] = qdot_loop<4, 2, KS>(a, w + 2 * t, 0, whole);
+    if (KS == 1 && whole < K) {
+      r[t] = _mm256_add_epi32(r[t], qdot_tail<4, 2>(a, w + 2 * t, whole, K));
+    }
   }
   // A transpose of 64-bit pairs: row i's eight sums are (r[0], r[1], r[2], r[3]) at pair i.
   const __m256i u0 = _mm256_unpacklo_epi64(r[0], r[1]), u1 = _mm256_unpackhi_epi64(r[0], r[1]);
@@ -390,10 +400,11 @@ void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const
     const float* s = sw + c0;
     int64_t m = 0;
 #if defined(__AVX2__)
-    if (KS != 1 && nc == kPanel && quant_padded(K) <= kQuantBlockK) {
+    if (nc == kPanel && quant_padded(K) <= kQuantBlockK) {
       for (; m + 4 <= A.M; m += 4) {
         for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
-        qdot_rows4_panel(quant_padded(K), a, w[0], A.scale + m, s, C + m * ldc + c0, ldc);
+        qdot_rows4<KS>(KS == 1 ? K : quant_padded(K), a, w, A.scale + m, s, C + m * ldc + c0,
+                       ldc);
       }
     }
 #endif
