@@ -101,6 +101,39 @@ def test_gemm_bits_do_not_depend_on_threads(shape, threads):
 
 @pytest.mark.skipif(gru_native.build_info()["cuda_emulation"], reason="the CPU kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("accumulate, bias", [(False, False), (False, True), (True, False),
+                                              (True, True)], ids=["plain", "bias", "beta", "both"])
+@pytest.mark.parametrize("M, N, K", [(16, 45, 64), (33, 100, 300), (47, 96, 513),
+                                     (64, 384, 1024), (64, 7, 256)],
+                         ids=lambda v: str(v))
+def test_rows_read_in_place_give_the_packed_bits(M, N, K, accumulate, bias, dtype):
+    """Up to 64 rows times a transposed row-major matrix (x W^T) read W's rows in place
+    (wrows_gemm.h) instead of packing them: the same sums in the same order, so the rows of a
+    larger product, which packs, bit for bit (tile edges of 6 rows of W and 2 vectors of rows of
+    A, one or several blocks of K, beta and bias)."""
+    torch.manual_seed(0)
+    big = 200
+    a, b = torch.randn(big, K, dtype=dtype), torch.randn(N, K, dtype=dtype).t()
+    c0 = torch.randn(big, N, dtype=dtype)
+    bias_v = torch.randn(N, dtype=dtype) if bias else None
+
+    def run(rows):
+        c = c0[:rows].clone()
+        _C._cpu_gemm(a[:rows], b, c, accumulate, bias_v)
+        return c
+
+    packed, _ = with_threads(1, lambda: run(big))
+    in_place, _ = with_threads(1, lambda: run(M))
+    expected = _reference(a[:M], b, c0[:M] if accumulate else None, bias_v)
+    atol, rtol = TOLERANCES[dtype]
+    scale = (a[:M].double().abs() @ b.double().abs()).max().item() + 1  # as above
+    err = (in_place.double() - expected).abs().max().item()
+    assert err <= atol * scale + rtol * expected.abs().max().item()
+    assert torch.equal(in_place, packed[:M])
+
+
+@pytest.mark.skipif(gru_native.build_info()["cuda_emulation"], reason="the CPU kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("T, N", [(1, 1), (2, 3), (1, 8)])
 def test_step_products_of_few_rows_and_long_k(T, N, dtype):
     """The products the backend takes other routes for: d(input) = dG W_ih with T*N <= 8 rows

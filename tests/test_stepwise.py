@@ -77,6 +77,27 @@ def test_backward_forms_same_bits(monkeypatch, T, N, H):
 
 
 @needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T,N,H", [(1, 16, 20), (2, 21, 100), (1, 64, 300), (3, 40, 7)],
+                         ids=lambda v: str(v))
+def test_forward_forms_same_bits_from_16_rows(monkeypatch, dtype, T, N, H):
+    """From 16 rows a step the forward's direct form reads W_hh's rows in place with the packed
+    form's sums (wrows_gemm.h): outputs and h_n bit for bit those of the packed form, at 1 and 3
+    threads (below 16 rows its dot products sum in another order)."""
+    torch.manual_seed(0)
+    _, ours = _pair(11, H, dtype, layers=2, bidirectional=True)
+    x = torch.randn(T, N, 11, dtype=dtype)
+    h0 = torch.randn(4, N, H, dtype=dtype)
+    results = []
+    for form, threads in [("packed", 1), ("direct", 1), ("direct", 3)]:
+        monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", form)
+        with torch.no_grad():
+            results.append(with_threads(threads, lambda: ours(x, h0))[0])
+    for got in results[1:]:
+        assert torch.equal(got[0], results[0][0]) and torch.equal(got[1], results[0][1])
+
+
+@needs_cpu_kernels
 def test_unknown_form_raises(monkeypatch):
     monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", "fast")
     with pytest.raises(RuntimeError, match="GRU_NATIVE_CPU_RECURRENCE must be auto, packed or "
@@ -98,12 +119,15 @@ def test_cell_results_do_not_depend_on_threads(threads):
     assert torch.equal(got, expected)
 
 
-# The dot products (csrc/cpu/dot_gemm.h) in blocks of K (1024), of rows of W (6) and of rows of A
-# (64, and tiles of 2 or 4): each output's sum must not depend on them. (T, N, C, H, parts): the
-# input projection as dot products over three blocks of K with a partial vector (N <= 32 rows);
-# the recurrence over two blocks of K and two chunks of rows (N = 70 > 64), W_hh's rows not a
-# multiple of 6. The batch run whole and in `parts` parts gives the same bits, at 1 and 3 threads.
-DOT_SHAPES = [(1, 31, 2100, 40, 31), (2, 70, 20, 1030, 2)]
+# The products that read the weights in place: the dot products (csrc/cpu/dot_gemm.h), in blocks
+# of K (1024), of rows of W (6) and tiles of rows of A (2 or 4, or one), and the recurrence's
+# turned-around microkernel from 16 rows (wrows_gemm.h), in tiles of 6 rows of W and 16 of A:
+# each output's sum must not depend on them. (T, N, C, H, parts): the input projection as dot
+# products over three blocks of K with a partial vector (N <= 32 rows), whole and in halves; the
+# same with single rows, whose recurrence (fewer than 16 rows) is dot products too; the
+# recurrence in place over five blocks of K, 70 rows and 35, W_hh's rows not a multiple of 6.
+# The batch run whole and in `parts` parts gives the same bits, at 1 and 3 threads.
+DOT_SHAPES = [(1, 32, 2100, 40, 2), (1, 15, 2100, 40, 15), (2, 70, 20, 1030, 2)]
 
 
 @needs_cpu_kernels

@@ -16,8 +16,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "gru_cell.h"
-
 namespace gru_native::cpu {
 namespace {
 
@@ -163,17 +161,6 @@ void dot_rows(int64_t M, const A* Ap, int64_t lda, int64_t Nc, int64_t K, const 
         if (K == 0) break;
       }
     }
-  }
-}
-
-// The forward's recurrent product for a slice of width units: C[m, g * width + jj] = dot(A row
-// m, row g * H + jj of w), w = W_hh's first row of the slice (the rows of gate g start H rows on).
-template <typename A, typename W>
-void direct_product(int64_t M, const A* Ap, int64_t lda, const W* w, int64_t H, int64_t width,
-                    Math<A>* C, int64_t ldc) {
-  for (int g = 0; g < kGates; ++g) {
-    const W* wg = w + g * H * H;
-    dot_rows(M, Ap, lda, width, H, wg, H, C + g * width, ldc);
   }
 }
 

@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "cpu/host_cache.h"
+#include "cpu/wrows_gemm.h"
 
 namespace gru_native::cpu {
 namespace {
@@ -338,14 +339,31 @@ struct Problem {
   const T* bias;
 };
 
+// A rectangle of at most this many rows, times a row-major matrix transposed (B = W^T: the input
+// projection), reads W's rows in place (wrows_gemm.h) instead of packing B: packing is a pass
+// over W that these few rows do not earn back. The same sums, so the same bits. Below kWRowsMinK
+// its transposed stores cost more than the packing saves.
+constexpr int64_t kWRowsMaxRows = 64;
+constexpr int64_t kWRowsMinK = 64;
+
 // Rows [m0, m1) x columns [n0, n1) of C, on the calling thread.
 template <typename T, typename S>
 void run_rectangle(const Problem<T, S>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   using Bl = Blocking<T>;
   constexpr int MR = Bl::kMR;
   constexpr int64_t NR = Bl::kNR, KC = Bl::kKC, MC = Bl::kMC, NC = Bl::kNC;
+  static_assert(WRowsTiling<T>::kKC == KC, "one K block for both forms");
   if (m0 >= m1 || n0 >= n1) return;
   ThreadBuffers<T>& buf = thread_buffers<T>();
+  if constexpr (std::is_same_v<S, T>) {
+    if (p.B.rs == 1 && p.A.cs == 1 && m1 - m0 <= kWRowsMaxRows && p.K >= kWRowsMinK) {
+      T* ap = buf.a.get(wrows_panels_size<T>(m1 - m0, p.K));
+      wrows_pack_a(m1 - m0, p.K, p.A.p + m0 * p.A.rs, p.A.rs, ap);
+      wrows_run(m1 - m0, n1 - n0, p.K, ap, p.B.p + n0 * p.B.cs, p.B.cs, p.C + m0 * p.ldc + n0,
+                p.ldc, p.beta, p.bias != nullptr ? p.bias + n0 : nullptr);
+      return;
+    }
+  }
   const int64_t kc_max = std::min(KC, p.K);
   T* bp = buf.b.get(kc_max * ((std::min(NC, n1 - n0) + NR - 1) / NR) * NR);
   // (pack_a's transposed blocks may store up to a vector past the last panel.)

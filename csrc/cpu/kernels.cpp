@@ -5,7 +5,7 @@
 // One parallel region per layer runs the whole sequence (threads.h). A thread owns a slice
 // [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once (or, for a
 // few steps, reads them in place), and per step computes the recurrent GEMM for its slice
-// (packed_gemm.h, dot_gemm.h) and the fused pointwise pass for its slice (gate math from
+// (packed_gemm.h, wrows_gemm.h, dot_gemm.h) and the fused pointwise pass for its slice (gate math from
 // gru_cell.h on at::vec lanes: vec.h). The threads of a direction meet at one barrier per step.
 // Small problems run on one thread, with no region.
 
@@ -27,6 +27,7 @@
 #include "cpu/packed_gemm.h"
 #include "cpu/qdot.h"
 #include "cpu/threads.h"
+#include "cpu/wrows_gemm.h"
 #include "gru_cell.h"
 
 namespace gru_native::cpu {
@@ -97,6 +98,12 @@ void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t 
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// From this many rows of h_{t-1} a step, the direct form reads W_hh's rows in place with the
+// packed form's microkernel turned around (wrows_gemm.h): the packed form's bits, at 1.2-1.4x the
+// dot products (64 rows at H = 1024, standalone). Fewer rows fill too little of its tile of
+// kLanes rows; they take the dot products.
+constexpr int64_t kWRowsMinRows = 16;
+
 // What a forward thread keeps for its slice: the packed form's W_hh rows and the previous step's
 // rows converted to the math type (a half type's); gh.
 template <typename acc_t>
@@ -104,6 +111,7 @@ struct ForwardBuffers {
   PackedGemm<acc_t> wh;       // W_hh rows of the slice, all three gates: [H, 3 * width]
   std::vector<acc_t> gh;      // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
   std::vector<acc_t> rows;    // [N, H] h_{t-1} in acc_t for the packed product
+  std::vector<acc_t> a_panels;  // h_{t-1} packed for the direct form's wrows_run
 };
 
 // One thread's share of one direction's forward: hidden units [j0, j1) of all three gates.
@@ -116,7 +124,7 @@ struct ForwardSlice {
   int64_t j0, j1;
   ForwardBuffers<acc_t>& buf;
   const std::vector<scalar_t>& zeros;  // [H]
-  bool direct;  // products straight from W_hh (direct_product, qdot), nothing packed
+  bool direct;  // products straight from W_hh (wrows_run, dot_rows, qdot), nothing packed
   QuantizedRows* hq;  // int8 weights: [N, H] the direction's h_{t-1} quantized per row, shared
 
   int64_t width() const { return j1 - j0; }
@@ -157,10 +165,18 @@ struct ForwardSlice {
             : Int8Weights{p.w_hh[d] + (g * H + j0) * H, H};
         qdot(hq->view(m0, m0 + M), wd, w, p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
       }
-    } else if (direct && std::is_same_v<w_t, acc_t>) {
-      direct_product(M, A, lda, p.w_hh[d] + j0 * H, H, wd, C, ldc);
-    } else if (direct) {  // direct_product's products, W_hh converted once for many rows
-      for (int g = 0; g < kGates; ++g) {
+    } else if (direct) {
+      if constexpr (std::is_same_v<scalar_t, acc_t> && std::is_same_v<w_t, acc_t>) {
+        if (M >= kWRowsMinRows) {  // W_hh's rows in place, the packed form's sums
+          wrows_pack_a(M, H, A, lda, buf.a_panels.data());
+          for (int g = 0; g < kGates; ++g) {
+            wrows_run(M, wd, H, buf.a_panels.data(), p.w_hh[d] + (g * H + j0) * H, H,
+                      C + g * wd, ldc, false, static_cast<const acc_t*>(nullptr));
+          }
+          return;
+        }
+      }
+      for (int g = 0; g < kGates; ++g) {  // dot products (a half type's W_hh converted once)
         dot_rows_converted(M, A, lda, wd, H, p.w_hh[d] + (g * H + j0) * H, H, C + g * wd, ldc);
       }
     } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -315,7 +331,8 @@ int64_t packed_size(int64_t K, int64_t Nc) {
 // backward) costs about a pass over the weights per call and pays off only over several steps;
 // for fewer, the kernels read nn.GRU's layout in place (ForwardSlice::direct,
 // BackwardSlice::direct). GRU_NATIVE_CPU_RECURRENCE=packed or =direct forces one form (tests,
-// measurements); the backward's two forms give the same bits, the forward's sum in another order.
+// measurements); the backward's two forms give the same bits, and so do the forward's from
+// kWRowsMinRows rows a step (below, its direct dot products sum in another order).
 enum class Form { kAuto, kPacked, kDirect };
 
 Form forced_form() {
@@ -382,6 +399,9 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
     const int64_t cols = kGates * (j1 - j0);
     if (!direct) bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
     if (!direct && !std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
+    if (direct && !kInt8 && s.N >= kWRowsMinRows) {
+      bufs[i].a_panels.resize(static_cast<size_t>(wrows_panels_size<acc_t>(s.N, H)));
+    }
     bufs[i].gh.resize(static_cast<size_t>(s.N * cols));
   }
   run_plan(plan, [&](int group, int q, SpinBarrier& barrier) {
