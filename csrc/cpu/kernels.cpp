@@ -95,6 +95,30 @@ void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t 
   }
 }
 
+// C = A W^T from A packed by wrows_pack_a (no bias, C overwritten), W of T or of a 16-bit type
+// (bfloat16 weights): the latter converted to T a block of whole tiles of rows (about
+// kConvertBytes) at a time, as dot_rows_converted does; each element's sum is the same whatever
+// the blocks (wrows_gemm.h), so the bits are those of the float product on the converted weights.
+template <typename T, typename W>
+void wrows_run_converted(int64_t M, int64_t Nc, int64_t K, const T* ap, const W* w, int64_t ldw,
+                         T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<W, T>) {
+    wrows_run(M, Nc, K, ap, w, ldw, C, ldc, false, static_cast<const T*>(nullptr));
+  } else {
+    constexpr int64_t kRows = WRowsTiling<T>::kWRows;
+    const int64_t block =
+        kRows * std::max<int64_t>(1, kConvertBytes / (kRows * K * static_cast<int64_t>(sizeof(T))));
+    thread_local std::vector<T> converted;
+    if (converted.size() < static_cast<size_t>(block * K)) converted.resize(block * K);
+    for (int64_t c0 = 0; c0 < Nc; c0 += block) {
+      const int64_t rows = std::min(block, Nc - c0);
+      convert_rows(rows, K, w + c0 * ldw, ldw, converted.data(), K);
+      wrows_run(M, rows, K, ap, converted.data(), K, C + c0, ldc, false,
+                static_cast<const T*>(nullptr));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -166,12 +190,12 @@ struct ForwardSlice {
         qdot(hq->view(m0, m0 + M), wd, w, p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
       }
     } else if (direct) {
-      if constexpr (std::is_same_v<scalar_t, acc_t> && std::is_same_v<w_t, acc_t>) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
         if (M >= kWRowsMinRows) {  // W_hh's rows in place, the packed form's sums
           wrows_pack_a(M, H, A, lda, buf.a_panels.data());
           for (int g = 0; g < kGates; ++g) {
-            wrows_run(M, wd, H, buf.a_panels.data(), p.w_hh[d] + (g * H + j0) * H, H,
-                      C + g * wd, ldc, false, static_cast<const acc_t*>(nullptr));
+            wrows_run_converted(M, wd, H, buf.a_panels.data(), p.w_hh[d] + (g * H + j0) * H, H,
+                                C + g * wd, ldc);
           }
           return;
         }
@@ -399,7 +423,7 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
     const int64_t cols = kGates * (j1 - j0);
     if (!direct) bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
     if (!direct && !std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
-    if (direct && !kInt8 && s.N >= kWRowsMinRows) {
+    if (direct && !kInt8 && std::is_same_v<scalar_t, acc_t> && s.N >= kWRowsMinRows) {
       bufs[i].a_panels.resize(static_cast<size_t>(wrows_panels_size<acc_t>(s.N, H)));
     }
     bufs[i].gh.resize(static_cast<size_t>(s.N * cols));
