@@ -155,43 +155,23 @@ class _QuantizedBase(nn.Module):
                          for s in (n + "_scale" for n in self._weight_names
                                    if n.startswith("weight"))]
 
-    def _panels(self, weights: list) -> list:
-        """The int8 weight matrices in the panel layout the products read as one stream each
-        (``_int8_panels``), kept beside the buffers (not in the state_dict, not pickled) and
-        rebuilt when a weight buffer is another tensor or was written in place (its version
-        counter moved). Writes that bypass version counters (through ``.data`` or numpy) are
-        not seen: call ``repack()`` after those."""
-        sources = [w for n, w in zip(self._weight_names, weights) if n[0] == "w"]
-        cache = self.__dict__.get("_panel_cache")
-        if cache is not None:
-            cached, versions, panels = cache
-            if len(cached) == len(sources):
-                for w, c, v in zip(sources, cached, versions):
-                    if w is not c or w._version != v:
-                        break
-                else:
-                    return panels
-        with torch.no_grad():
-            panels = [_int8_panels(w) for w in sources]
-        self.__dict__["_panel_cache"] = (sources, [w._version for w in sources], panels)
-        return panels
-
     def repack(self) -> None:
         """Rebuild the int8 weights' panel copy at the next call (only needed after writing a
         weight buffer through ``.data`` or numpy: other changes are seen by themselves)."""
-        self.__dict__.pop("_panel_cache", None)
         self.__dict__.pop("_direct_cache", None)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_panel_cache", None)  # a copy of the buffers: rebuilt at the first call
-        state.pop("_direct_cache", None)
+        state.pop("_direct_cache", None)  # holds a copy of the buffers: rebuilt at the first call
         return state
 
     def _direct_args(self) -> tuple:
-        """(weights, scales, panels): the direct entries' arguments, as `_flat` and
-        `_panels` give them, kept between calls while every buffer the op reads is the tensor
-        kept and the int8 matrices' version counters have not moved (what `_panels` checks)."""
+        """(weights, scales, panels): the direct entries' arguments, kept between calls. panels:
+        the int8 weight matrices in the layout the products read as one stream each
+        (``_int8_panels``), a copy kept beside the buffers (not in the state_dict, not pickled).
+        All of it is rebuilt when a buffer the op reads is another tensor or an int8 matrix was
+        written in place (its version counter moved). Writes that bypass version counters
+        (through ``.data`` or numpy) are not seen: call ``repack()`` after those."""
         cache = self.__dict__.get("_direct_cache")
         if cache is not None:
             names, tensors, matrices, versions, args = cache
@@ -199,24 +179,25 @@ class _QuantizedBase(nn.Module):
                     and list(map(_VERSION, matrices)) == versions):
                 return args
         weights, scales = self._flat()
-        panels = self._panels(weights) if scales else []
         names = list(self._weight_names)
         matrices = []
         if scales:
             names += [n + "_scale" for n in self._weight_names if n[0] == "w"]
             matrices = [w for n, w in zip(self._weight_names, weights) if n[0] == "w"]
+        with torch.no_grad():
+            panels = [_int8_panels(w) for w in matrices]
         args = (weights, scales, panels)
         self.__dict__["_direct_cache"] = (names, weights + scales, matrices,
                                           list(map(_VERSION, matrices)), args)
         return args
 
     def _call_op(self, input, hx, batch_sizes, num_layers, bidirectional):
-        weights, scales = self._flat()
         if _route.quantized_route((input, hx)) is _route.DIRECT:
-            panels = self._panels(weights) if scales else []
+            weights, scales, panels = self._direct_args()
             return _C.quantized_gru(input, hx, weights, scales, batch_sizes, self.bias,
                                     num_layers, bidirectional, panels)
         # Traced or dispatched: the buffers as stored (the products read their rows in place).
+        weights, scales = self._flat()
         return _quantized_op(input, hx, weights, scales, batch_sizes, self.bias, num_layers,
                              bidirectional)
 

@@ -196,8 +196,7 @@ def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
     # read the buffers' rows in place: the same exact sums, the same bits.
     q = quantize(_float_gru(C, H, layers, bi))
     x = torch.randn(6, N, C)
-    weights, scales = q._flat()
-    panels = q._panels(weights)
+    weights, scales, panels = q._direct_args()
     assert len(panels) == len(scales) == layers * (2 if bi else 1) * 2
     args = (x, None, weights, scales, None, True, layers, bi)
     with_panels = gru_native._C.quantized_gru(*args, panels)
