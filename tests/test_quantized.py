@@ -350,11 +350,12 @@ def test_direct_entries_follow_every_buffer():
 @pytest.mark.skipif(not cpu_kernels_build(),
                     reason="the CUDA emulation's build runs the float module's CPU tensors on the "
                            "CUDA backend, whose sums are not the CPU kernels' dot products")
-@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 8, 9, 16, 32])
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 8, 9, 15, 16, 32, 33, 64])
 def test_bf16_weights_give_the_float_modules_bits(N):
-    # bfloat16 weights are converted to float exactly; up to 32 rows both the float32 modules and
-    # the bfloat16-weight ones run the same dot products (converted as loaded, or a block of W
-    # converted once for 4 rows or more): the float32 module on the rounded weights, bit for bit.
+    # bfloat16 weights are converted to float exactly; up to 64 rows the float32 modules and the
+    # bfloat16-weight ones run the same products on W's rows in place (dot products below 16
+    # rows, the packed GEMM's sums from 16; W converted as loaded, or a block of it converted
+    # once for 4 rows or more): the float32 module on the rounded weights, bit for bit.
     torch.manual_seed(N)
     cell = nn.GRUCell(24, 40)
     with torch.no_grad():

@@ -122,10 +122,11 @@ def test_cell_results_do_not_depend_on_threads(threads):
 # The products that read the weights in place: the dot products (csrc/cpu/dot_gemm.h), in blocks
 # of K (1024), of rows of W (6) and tiles of rows of A (2 or 4, or one), and the recurrence's
 # turned-around microkernel from 16 rows (wrows_gemm.h), in tiles of 6 rows of W and 16 of A:
-# each output's sum must not depend on them. (T, N, C, H, parts): the input projection as dot
-# products over three blocks of K with a partial vector (N <= 32 rows), whole and in halves; the
-# same with single rows, whose recurrence (fewer than 16 rows) is dot products too; the
-# recurrence in place over five blocks of K, 70 rows and 35, W_hh's rows not a multiple of 6.
+# each output's sum must not depend on them. (T, N, C, H, parts): both products in place over
+# blocks of K, 32 rows and 16 (the projection's 2100 = 8 blocks and a partial one); the same
+# with 15 rows and single rows, where both are dot products (three blocks of K with a partial
+# vector); the recurrence in place over five blocks of K, 70 rows and 35, W_hh's rows not a
+# multiple of 6.
 # The batch run whole and in `parts` parts gives the same bits, at 1 and 3 threads.
 DOT_SHAPES = [(1, 32, 2100, 40, 2), (1, 15, 2100, 40, 15), (2, 70, 20, 1030, 2)]
 

@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "cpu/host_cache.h"
+#include "cpu/kernels.h"
 #include "cpu/wrows_gemm.h"
 
 namespace gru_native::cpu {
@@ -339,11 +340,10 @@ struct Problem {
   const T* bias;
 };
 
-// A rectangle of at most this many rows, times a row-major matrix transposed (B = W^T: the input
-// projection), reads W's rows in place (wrows_gemm.h) instead of packing B: packing is a pass
-// over W that these few rows do not earn back. The same sums, so the same bits. Below kWRowsMinK
-// its transposed stores cost more than the packing saves.
-constexpr int64_t kWRowsMaxRows = 64;
+// A rectangle of at most kWRowsMaxRows rows (kernels.h), times a row-major matrix transposed (B =
+// W^T: the input projection), reads W's rows in place (wrows_gemm.h) instead of packing B:
+// packing is a pass over W that these few rows do not earn back. The same sums, so the same
+// bits. Below kWRowsMinK its transposed stores cost more than the packing saves.
 constexpr int64_t kWRowsMinK = 64;
 
 // Rows [m0, m1) x columns [n0, n1) of C, on the calling thread.

@@ -20,10 +20,11 @@ struct CpuBackend {
   // Below this many multiply-adds a GEMM runs in plain loops, with no packing.
   static constexpr int64_t kSmallGemm = 32 * 1024;
   // Up to kDotRows rows times a transposed row-major matrix (the input projection x W_ih^T of a
-  // step or a few) run as dot products along W_ih's rows (dot_gemm.h), threaded: nothing packed.
-  // Packing W_ih^T costs a pass over it per call; the packed microkernel wins it back from about
-  // 64 rows on (benchmarks/NOTES.md, step-wise calls). A few rows times a row-major one
-  // (d(input) = dG W_ih of a step) run as rows of W_ih streamed once (few_rows_gemm).
+  // step or a few) run as dot products along W_ih's rows (dot_gemm.h), threaded: nothing packed;
+  // from there to kWRowsMaxRows, gemm reads W_ih's rows in place too (wrows_gemm.h). Packing
+  // W_ih^T costs a pass over it per call, which a few dozen rows do not earn back (benchmarks/
+  // NOTES.md, step-wise calls). A few rows times a row-major one (d(input) = dG W_ih of a step)
+  // run as rows of W_ih streamed once (few_rows_gemm).
   static constexpr int64_t kDotRows = cpu::kDotRowsMax;
   static constexpr int64_t kFewRows = cpu::kFewRowsMax;
 

@@ -122,12 +122,10 @@ void wrows_run_converted(int64_t M, int64_t Nc, int64_t K, const T* ap, const W*
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-// From this many rows of h_{t-1} a step, the direct form reads W_hh's rows in place with the
-// packed form's microkernel turned around (wrows_gemm.h): the packed form's bits, at 1.2-1.4x the
-// dot products (64 rows at H = 1024, standalone). Fewer rows fill too little of its tile of
-// kLanes rows; they take the dot products.
-constexpr int64_t kWRowsMinRows = 16;
-
+// From kWRowsMinRows rows of h_{t-1} a step (kernels.h), the direct form reads W_hh's rows in
+// place with the packed form's microkernel turned around (wrows_gemm.h): the packed form's bits,
+// at 1.2-1.4x the dot products (64 rows at H = 1024, standalone). Fewer rows fill too little of
+// its tile of kLanes rows; they take the dot products.
 // What a forward thread keeps for its slice: the packed form's W_hh rows and the previous step's
 // rows converted to the math type (a half type's); gh.
 template <typename acc_t>
@@ -542,7 +540,18 @@ void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
 template <typename W>
 void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
                   float* C, int64_t ldc) {
-  dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
+  TORCH_CHECK(M <= kWRowsMaxRows, "gru_native: project_rows: ", M, " rows");
+  if (M <= kDotRowsMax || K <= 0) return dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
+  thread_local std::vector<float> a_panels;  // the caller's: read by every thread below
+  const size_t size = static_cast<size_t>(wrows_panels_size<float>(M, K));
+  if (a_panels.size() < size) a_panels.resize(size);
+  wrows_pack_a(M, K, x, ldx, a_panels.data());
+  const float* ap = a_panels.data();
+  constexpr int64_t kParallelMadds = 64 * 1024;
+  const int64_t grain = M * N * K < kParallelMadds ? N : 6 * 16;
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    wrows_run_converted(M, n1 - n0, K, ap, w + n0 * K, K, C + n0, ldc);
+  });
 }
 
 namespace {

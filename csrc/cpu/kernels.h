@@ -43,15 +43,20 @@ template <typename T>
 void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C,
                    int64_t ldc, const T* bias);
 
-// Up to this many rows of A, a product with a transposed row-major matrix (the input projection
-// x W^T of a step or a few) runs as dot products along its rows (dot_gemm.h), nothing packed:
-// the float backend's small_gemm and the bfloat16-weight layers' project_rows.
-constexpr int64_t kDotRowsMax = 32;
+// A product with a transposed row-major matrix (the input projection x W^T of a step or a few,
+// the recurrent h W_hh^T of a step) reads the matrix's rows in place, nothing of it packed: from
+// kWRowsMinRows to kWRowsMaxRows rows of A with the packed GEMM's microkernel turned around and
+// its sums (wrows_gemm.h: gemm.cpp, the forward's direct form, project_rows), below as dot
+// products along its rows (dot_gemm.h: the float backend's small_gemm, project_rows).
+constexpr int64_t kWRowsMinRows = 16;
+constexpr int64_t kWRowsMaxRows = 64;
+constexpr int64_t kDotRowsMax = kWRowsMinRows - 1;
 
-// C[M, N] = x W^T for a few rows of x (M <= kDotRowsMax), W [N, K] row-major of element type W
+// C[M, N] = x W^T for a few rows of x (M <= kWRowsMaxRows), W [N, K] row-major of element type W
 // read in place (bfloat16 weights stay two bytes wide; from 4 rows on converted to float once, a
-// block at a time): dot products along W's rows, threaded over them. For the quantized layers'
-// input projection of a step or a few.
+// block at a time), threaded over W's rows: dot products up to kDotRowsMax rows, then the packed
+// GEMM's sums (the float GEMM's bits on the converted weights). For the quantized layers' input
+// projection of a step or a few.
 template <typename W>
 void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
                   float* C, int64_t ldc);

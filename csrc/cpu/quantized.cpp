@@ -1,7 +1,7 @@
 // quantized.cpp: the quantized GRU op on the CPU (quantized.h): argument checks, the input
-// projections (int8: activations quantized per row, qdot.h; bfloat16: dot products on the
-// weights in place up to kDotRowsMax rows, else the float GEMM on the weights converted once), and the
-// layers' recurrence (kernels.cpp, forward_layer<float, W>). Inference only: nothing is saved.
+// projections (int8: activations quantized per row, qdot.h; bfloat16: the weights read in place
+// up to kWRowsMaxRows rows, project_rows, else the float GEMM on the weights converted once), and
+// the layers' recurrence (kernels.cpp, forward_layer<float, W>). Inference only: nothing is saved.
 
 // First: it chooses at::vec's instruction set, for every ATen header after it.
 #include "cpu/vec.h"
@@ -61,9 +61,9 @@ void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panel
 // C[m, n] = x row m times bfloat16 row n of W [N, K].
 void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BFloat16* W,
                   float* C, int64_t ldc) {
-  // Up to kDotRowsMax rows read the weights in place (dot products), as the float backend
-  // does: the float module's sums on the same (converted) weights.
-  if (M <= kDotRowsMax) return project_rows(M, N, K, x, K, W, C, ldc);
+  // Up to kWRowsMaxRows rows read the weights in place (dot products, then the packed GEMM's
+  // sums), as the float backend does: the float module's sums on the same (converted) weights.
+  if (M <= kWRowsMaxRows) return project_rows(M, N, K, x, K, W, C, ldc);
   const at::Tensor w_float = cached_empty({N * K}, at::kFloat);
   float* wf = w_float.data_ptr<float>();
   at::parallel_for(0, N * K, 64 * 1024, [&](int64_t i0, int64_t i1) {
