@@ -383,9 +383,19 @@ constexpr int64_t kDirectBackwardMaxBatch = 16;
 
 thread_local ThreadPlanRecord last_plans;
 
-bool forward_direct(const StepSchedule& s, int64_t H) {
+// With float or double states and weights and kWRowsMinRows to kWRowsMaxRows rows a step, the
+// direct form is the packed form's arithmetic (the same bits) without the packing (wrows_gemm.h),
+// and measured as fast or faster whatever the steps from H = 256 on: 1.0-1.7x at T = 1-16 and
+// N = 16-64 (H = 256 and 1024), 0.99-1.04x at T = 100-200 with H = 256-512, 1.12x at T = 50, N = 64,
+// H = 1024; at H = 64, T = 100 the packed form was ahead (0.94x). It is taken there whatever T.
+constexpr int64_t kWRowsMinHidden = 256;
+
+bool forward_direct(const StepSchedule& s, int64_t H, bool in_place_gemm) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
+  if (in_place_gemm && s.N >= kWRowsMinRows && s.N <= kWRowsMaxRows && H >= kWRowsMinHidden) {
+    return true;
+  }
   const int64_t row_steps =
       std::max(kDirectForwardRowSteps, H / kDirectForwardRowStepsPerHidden);
   return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= row_steps);
@@ -410,7 +420,8 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
   last_plans.forward_per_group = plan.per_group;
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
-  const bool direct = kInt8 || forward_direct(s, H);  // int8: qdot, on its own layouts
+  constexpr bool kInPlaceGemm = std::is_same_v<scalar_t, acc_t> && std::is_same_v<w_t, acc_t>;
+  const bool direct = kInt8 || forward_direct(s, H, kInPlaceGemm);  // int8: qdot, own layouts
   std::vector<ForwardBuffers<acc_t>> bufs(slots);
   std::vector<QuantizedRows> hq(kInt8 ? p.D : 0);
   for (auto& q : hq) q.reserve(s.N, H);
