@@ -13,7 +13,8 @@ should be near 1).
 Each tree must hold a gru_native/_C built for this Python and torch (`python setup.py
 build_ext --inplace` in it). Cases: the canonical dense shapes (inference, training) and the
 step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried state); with
---cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
+--cases rows, products of 16-48 rows (GRUCell and GRU at T=1, N 16-48, H 256 and 1024; GRU at
+T=2, 4 with N=8); with --cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
 shapes, nn.GRU in float32 as the control.
 """
 
@@ -41,6 +42,11 @@ LOWP = [("medium-2L-bi", 100, 32, 256, 256, 2, True), ("large", 50, 64, 512, 102
         ("cell-1024", 1, 1, 1024, 1024, 1, False), ("cell-256 N=8", 1, 8, 256, 256, 1, False),
         ("T=1 N=64 H=1024", 1, 64, 1024, 1024, 1, False)]
 
+# --cases rows: products of a few dozen rows (16-48: the in-place and dot-product routes' limits),
+# inference from a carried state: GRUCell and GRU at T=1 by N, and GRU at T=2, 4 with N=8 (input
+# projections of 16 and 32 rows, recurrences of 8).
+ROWS_N, ROWS_H = (16, 24, 32, 48), (256, 1024)
+
 
 def cases(groups):
     out = []
@@ -58,6 +64,16 @@ def cases(groups):
                                                                       else ""),
                                         kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False, mode=mode,
                                         h0=True))
+    if "rows" in groups:
+        for H in ROWS_H:
+            for kind in ("cell", "gru"):
+                for N in ROWS_N:
+                    out.append(dict(name=f"{kind} N={N} H={H}" + (" T=1" if kind == "gru" else ""),
+                                    kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False,
+                                    mode="inference", h0=True))
+            for T in (2, 4):
+                out.append(dict(name=f"gru N=8 H={H} T={T}", kind="gru", T=T, N=8, C=H, H=H, L=1,
+                                bi=False, mode="inference", h0=True))
     if "lowp" in groups:
         for quant in ("int8", "bf16"):
             for name, T, N, C, H, L, bi in LOWP:
