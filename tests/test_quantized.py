@@ -350,21 +350,23 @@ def test_direct_entries_follow_every_buffer():
 @pytest.mark.skipif(not cpu_kernels_build(),
                     reason="the CUDA emulation's build runs the float module's CPU tensors on the "
                            "CUDA backend, whose sums are not the CPU kernels' dot products")
-@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 8, 9, 15, 16, 32, 33, 64])
-def test_bf16_weights_give_the_float_modules_bits(N):
-    # bfloat16 weights are converted to float exactly; up to 64 rows the float32 modules and the
-    # bfloat16-weight ones run the same products on W's rows in place (dot products below 16
-    # rows, the packed GEMM's sums from 16; W converted as loaded, or a block of it converted
-    # once for 4 rows or more): the float32 module on the rounded weights, bit for bit.
+@pytest.mark.parametrize("C,H", [(24, 40), (4, 8)], ids=["24x40", "tiny"])
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 8, 9, 15, 16, 32, 33, 64, 80])
+def test_bf16_weights_give_the_float_modules_bits(N, C, H):
+    # bfloat16 weights are converted to float exactly, and the bfloat16-weight modules take the
+    # float backend's route for each product: up to 64 rows W's rows in place (dot products
+    # below 16 rows or for a small product, the packed GEMM's sums from 16; W converted as
+    # loaded, or a block of it once for 4 rows or more), beyond the GEMM on W converted whole.
+    # So: the float32 module on the rounded weights, bit for bit.
     torch.manual_seed(N)
-    cell = nn.GRUCell(24, 40)
+    cell = nn.GRUCell(C, H)
     with torch.no_grad():
         for p in cell.parameters():
             p.copy_(p.bfloat16().float())
     q = quantize(copy.deepcopy(cell), torch.bfloat16)
-    ours = gru_native.GRUCell(24, 40)
+    ours = gru_native.GRUCell(C, H)
     ours.load_state_dict(cell.state_dict())
-    x, h = torch.randn(N, 24), torch.randn(N, 40)
+    x, h = torch.randn(N, C), torch.randn(N, H)
     with torch.no_grad():
         assert torch.equal(q(x, h), ours(x, h))
 

@@ -17,8 +17,8 @@ struct CpuBackend {
   static constexpr const char* kName = "CPU";
   static constexpr const char* kDtypes =
       "torch.float32, torch.float64, torch.float16, torch.bfloat16";
-  // Below this many multiply-adds a GEMM runs in plain loops, with no packing.
-  static constexpr int64_t kSmallGemm = 32 * 1024;
+  // Up to this many multiply-adds a GEMM runs in plain loops, with no packing.
+  static constexpr int64_t kSmallGemm = cpu::kSmallGemmMadds;
   // Up to kDotRows rows times a transposed row-major matrix (the input projection x W_ih^T of a
   // step or a few) run as dot products along W_ih's rows (dot_gemm.h), threaded: nothing packed;
   // from there to kWRowsMaxRows, gemm reads W_ih's rows in place too (wrows_gemm.h). Packing

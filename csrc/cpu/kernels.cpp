@@ -5,8 +5,8 @@
 // One parallel region per layer runs the whole sequence (threads.h). A thread owns a slice
 // [j0, j1) of the hidden units of one direction, packs the rows of W_hh it needs once (or, for a
 // few steps, reads them in place), and per step computes the recurrent GEMM for its slice
-// (packed_gemm.h, wrows_gemm.h, dot_gemm.h) and the fused pointwise pass for its slice (gate math from
-// gru_cell.h on at::vec lanes: vec.h). The threads of a direction meet at one barrier per step.
+// (packed_gemm.h, wrows_gemm.h, dot_gemm.h) and the fused pointwise pass for its slice (gate
+// math from gru_cell.h on at::vec lanes: vec.h). The threads of a direction meet at one barrier per step.
 // Small problems run on one thread, with no region.
 
 // First: it chooses at::vec's instruction set, for every ATen header after it.
@@ -122,10 +122,6 @@ void wrows_run_converted(int64_t M, int64_t Nc, int64_t K, const T* ap, const W*
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-// From kWRowsMinRows rows of h_{t-1} a step (kernels.h), the direct form reads W_hh's rows in
-// place with the packed form's microkernel turned around (wrows_gemm.h): the packed form's bits,
-// at 1.2-1.4x the dot products (64 rows at H = 1024, standalone). Fewer rows fill too little of
-// its tile of kLanes rows; they take the dot products.
 // What a forward thread keeps for its slice: the packed form's W_hh rows and the previous step's
 // rows converted to the math type (a half type's); gh.
 template <typename acc_t>
@@ -188,8 +184,12 @@ struct ForwardSlice {
         qdot(hq->view(m0, m0 + M), wd, w, p.w_hh_scale[d] + g * H + j0, C + g * wd, ldc);
       }
     } else if (direct) {
+      // From kWRowsMinRows rows (kernels.h), W_hh's rows in place with the packed form's
+      // microkernel turned around (wrows_gemm.h): the packed form's sums, at 1.2-1.4x the dot
+      // products (64 rows at H = 1024, standalone). Fewer rows fill too little of its tile of
+      // kLanes rows: dot products.
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        if (M >= kWRowsMinRows) {  // W_hh's rows in place, the packed form's sums
+        if (M >= kWRowsMinRows) {
           wrows_pack_a(M, H, A, lda, buf.a_panels.data());
           for (int g = 0; g < kGates; ++g) {
             wrows_run_converted(M, wd, H, buf.a_panels.data(), p.w_hh[d] + (g * H + j0) * H, H,
@@ -551,8 +551,10 @@ void dot_rows_threaded(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
 template <typename W>
 void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
                   float* C, int64_t ldc) {
+  if (M <= kDotRowsMax || M * N * K <= kSmallGemmMadds) {
+    return dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
+  }
   TORCH_CHECK(M <= kWRowsMaxRows, "gru_native: project_rows: ", M, " rows");
-  if (M <= kDotRowsMax || K <= 0) return dot_rows_threaded(M, N, K, x, ldx, w, K, C, ldc);
   thread_local std::vector<float> a_panels;  // the caller's: read by every thread below
   const size_t size = static_cast<size_t>(wrows_panels_size<float>(M, K));
   if (a_panels.size() < size) a_panels.resize(size);

@@ -51,12 +51,16 @@ void few_rows_gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T 
 constexpr int64_t kWRowsMinRows = 16;
 constexpr int64_t kWRowsMaxRows = 64;
 constexpr int64_t kDotRowsMax = kWRowsMinRows - 1;
+// Products of at most this many multiply-adds run in small_gemm's plain loops (dot products for
+// a transposed row-major matrix), whatever the rows.
+constexpr int64_t kSmallGemmMadds = 32 * 1024;
 
-// C[M, N] = x W^T for a few rows of x (M <= kWRowsMaxRows), W [N, K] row-major of element type W
-// read in place (bfloat16 weights stay two bytes wide; from 4 rows on converted to float once, a
-// block at a time), threaded over W's rows: dot products up to kDotRowsMax rows, then the packed
-// GEMM's sums (the float GEMM's bits on the converted weights). For the quantized layers' input
-// projection of a step or a few.
+// C[M, N] = x W^T for a few rows of x (M <= kWRowsMaxRows, or a small product), W [N, K]
+// row-major of element type W read in place (bfloat16 weights stay two bytes wide; from 4 rows
+// on converted to float once, a block at a time), threaded over W's rows, by the float backend's
+// route for the same product (so with its bits on the converted weights): dot products up to
+// kDotRowsMax rows or kSmallGemmMadds, else the packed GEMM's sums. For the quantized layers'
+// input projection of a step or a few.
 template <typename W>
 void project_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const W* w,
                   float* C, int64_t ldc);

@@ -61,9 +61,12 @@ void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panel
 // C[m, n] = x row m times bfloat16 row n of W [N, K].
 void project_bf16(int64_t M, int64_t N, int64_t K, const float* x, const c10::BFloat16* W,
                   float* C, int64_t ldc) {
-  // Up to kWRowsMaxRows rows read the weights in place (dot products, then the packed GEMM's
-  // sums), as the float backend does: the float module's sums on the same (converted) weights.
-  if (M <= kWRowsMaxRows) return project_rows(M, N, K, x, K, W, C, ldc);
+  // Up to kWRowsMaxRows rows (or a small product) read the weights in place (dot products, or
+  // the packed GEMM's sums), as the float backend does: the float module's sums on the same
+  // (converted) weights.
+  if (M <= kWRowsMaxRows || M * N * K <= kSmallGemmMadds) {
+    return project_rows(M, N, K, x, K, W, C, ldc);
+  }
   const at::Tensor w_float = cached_empty({N * K}, at::kFloat);
   float* wf = w_float.data_ptr<float>();
   at::parallel_for(0, N * K, 64 * 1024, [&](int64_t i0, int64_t i1) {
