@@ -4,7 +4,7 @@
 //
 // The packed GEMMs (gemm.cpp, packed_gemm.h) copy W^T into panels first: a pass over the weights
 // per call, which a few dozen rows of A do not earn back (a [64 x 1024] x [1024 x 3072] product
-// spends about a third of its time packing). Here the roles are swapped: the microkernel computes
+// spends about a fifth of its time packing). Here the roles are swapped: the microkernel computes
 // a tile of C^T, kWRows rows of W (each element broadcast from its row, kWRows streams along k) by
 // kLanes rows of A (two vectors, from A packed into panels: small, M x K), and the tile is stored
 // back transposed. Nothing the size of W is copied.
