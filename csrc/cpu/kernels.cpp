@@ -74,6 +74,24 @@ void convert_rows(int64_t M, int64_t K, const S* src, int64_t ld_src, D* dst, in
 constexpr int64_t kConvertRows = 4;
 constexpr int64_t kConvertBytes = 48 * 1024;
 
+// fn(c0, rows, block) for blocks of W's rows [c0, c0 + rows) converted to Math<W> (row stride K),
+// each a multiple of `tile` rows of about kConvertBytes, in order, in a buffer of the calling
+// thread's: the one converting loop of dot_rows_converted and wrows_run_converted.
+template <typename W, typename Fn>
+void for_converted_blocks(int64_t Nc, int64_t K, const W* w, int64_t ldw, int64_t tile,
+                          const Fn& fn) {
+  using T = Math<W>;
+  const int64_t block =
+      tile * std::max<int64_t>(1, kConvertBytes / (tile * K * static_cast<int64_t>(sizeof(T))));
+  thread_local std::vector<T> converted;
+  if (converted.size() < static_cast<size_t>(block * K)) converted.resize(block * K);
+  for (int64_t c0 = 0; c0 < Nc; c0 += block) {
+    const int64_t rows = std::min(block, Nc - c0);
+    convert_rows(rows, K, w + c0 * ldw, ldw, converted.data(), K);
+    fn(c0, rows, static_cast<const T*>(converted.data()));
+  }
+}
+
 template <typename A, typename W, typename Out>
 void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t K, const W* w,
                         int64_t ldw, Out* C, int64_t ldc) {
@@ -82,16 +100,10 @@ void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t 
     dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);
   } else {
     if (M < kConvertRows || K <= 0) return dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);
-    constexpr int64_t kCB = DotTiling<T>::kCB;
-    const int64_t block =
-        kCB * std::max<int64_t>(1, kConvertBytes / (kCB * K * static_cast<int64_t>(sizeof(T))));
-    thread_local std::vector<T> converted;
-    if (converted.size() < static_cast<size_t>(block * K)) converted.resize(block * K);
-    for (int64_t c0 = 0; c0 < Nc; c0 += block) {
-      const int64_t rows = std::min(block, Nc - c0);
-      convert_rows(rows, K, w + c0 * ldw, ldw, converted.data(), K);
-      dot_rows(M, a, lda, rows, K, converted.data(), K, C + c0, ldc);
-    }
+    for_converted_blocks(Nc, K, w, ldw, DotTiling<T>::kCB,
+                         [&](int64_t c0, int64_t rows, const T* block) {
+                           dot_rows(M, a, lda, rows, K, block, K, C + c0, ldc);
+                         });
   }
 }
 
@@ -105,17 +117,11 @@ void wrows_run_converted(int64_t M, int64_t Nc, int64_t K, const T* ap, const W*
   if constexpr (std::is_same_v<W, T>) {
     wrows_run(M, Nc, K, ap, w, ldw, C, ldc, false, static_cast<const T*>(nullptr));
   } else {
-    constexpr int64_t kRows = WRowsTiling<T>::kWRows;
-    const int64_t block =
-        kRows * std::max<int64_t>(1, kConvertBytes / (kRows * K * static_cast<int64_t>(sizeof(T))));
-    thread_local std::vector<T> converted;
-    if (converted.size() < static_cast<size_t>(block * K)) converted.resize(block * K);
-    for (int64_t c0 = 0; c0 < Nc; c0 += block) {
-      const int64_t rows = std::min(block, Nc - c0);
-      convert_rows(rows, K, w + c0 * ldw, ldw, converted.data(), K);
-      wrows_run(M, rows, K, ap, converted.data(), K, C + c0, ldc, false,
-                static_cast<const T*>(nullptr));
-    }
+    for_converted_blocks(Nc, K, w, ldw, WRowsTiling<T>::kWRows,
+                         [&](int64_t c0, int64_t rows, const T* block) {
+                           wrows_run(M, rows, K, ap, block, K, C + c0, ldc, false,
+                                     static_cast<const T*>(nullptr));
+                         });
   }
 }
 
