@@ -19,7 +19,7 @@ from _util import cpu_kernels_build, with_threads
 
 DTYPES = [torch.qint8, torch.bfloat16]
 DTYPE_IDS = ["int8", "bf16"]
-ACT_MAX = 2047  # csrc/cpu/qdot.h: activations quantized per row to |q| <= 2047
+ACT_MAX = 64  # csrc/cpu/qdot.h: activations quantized per row to |q| <= 64
 
 
 # -- the reference: the quantized arithmetic in plain PyTorch --------------------------------
@@ -100,6 +100,45 @@ def test_one_step_matches_reference(dtype, T, N, C, H):
     torch.testing.assert_close(hn, ref_hn, atol=2e-6, rtol=2e-6)
 
 
+def _first_step_matches_reference(q, x, h0):
+    """One step of the one-layer int8 GRU q from h0: the reference's exact sums, from the
+    panels (eager) and from the rows (dispatched); only the gates' float rounding differs."""
+    ref_out, ref_hn = _reference(q, x, h0)
+    weights, scales = q._flat()
+    for out, hn in (q(x, h0), torch.ops.gru_native.quantized_gru(x, h0, weights, scales, None,
+                                                                   True, 1, False)):
+        torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=2e-6)
+        torch.testing.assert_close(hn, ref_hn, atol=2e-6, rtol=2e-6)
+
+
+def test_int8_rows_longer_than_a_block():
+    # 8200 input features: the int8 sums run over two blocks of k (kQuantBlockK, 8192) added in
+    # double, the offset taken off there; still the exact sums of the reference, from panels
+    # (eager) and from the rows (dispatched, with a partial last chunk).
+    q = quantize(_float_gru(8200, 24))
+    torch.manual_seed(1)
+    x, h0 = torch.randn(1, 6, 8200), torch.randn(1, 6, 24) * 0.5
+    _first_step_matches_reference(q, x, h0)
+
+
+def test_extreme_values_sum_exactly():
+    # The largest products the int8 arithmetic meets (csrc/cpu/qdot.h): activations at +-64
+    # levels against weights 127 and -128 (torch.ao's int8 range), pairs of them at the int16
+    # limit of AVX2's vpmaddubsw (2 * 255 * 64), summed exactly: the first step equals the
+    # reference's exact sums, read from panels (eager) and from the rows (dispatched).
+    C, H, N = 64, 16, 4
+    q = quantize(_float_gru(C, H))
+    gen = torch.Generator().manual_seed(3)
+    sign = lambda *shape: torch.where(torch.rand(shape, generator=gen) < 0.5, 1, -1)  # noqa: E731
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            w = getattr(q, name)
+            w.copy_(torch.where(sign(*w.shape) > 0, 127, -128).to(torch.int8))
+            getattr(q, name + "_scale").fill_(1 / (128 * w.shape[1]))
+    x, h0 = sign(1, N, C).float(), sign(1, N, H).float() * 0.5
+    _first_step_matches_reference(q, x, h0)
+
+
 CONFIGS = [(1, False, True), (2, True, True), (3, False, False), (2, True, False)]
 
 
@@ -108,7 +147,7 @@ CONFIGS = [(1, False, True), (2, True, True), (3, False, False), (2, True, False
                                                           "2L-bi-nobias"])
 def test_sequences_match_reference(dtype, layers, bi, bias):
     # Over many steps a rounding of the gates can move an activation across a quantization
-    # boundary (one level, 1/2047 of its row's largest value): the bound allows a few.
+    # boundary (one level, 1/64 of its row's largest value): the bound allows a few.
     q = QuantizedGRU.from_float(_float_gru(13, 37, layers, bi, bias), dtype)
     D = 2 if bi else 1
     torch.manual_seed(2)
@@ -207,16 +246,18 @@ def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
     assert torch.equal(q(x)[0], with_panels[0])
 
 
-@pytest.mark.parametrize("H,K", [(1, 1), (8, 16), (20, 7), (24, 33), (13, 50)])
+@pytest.mark.parametrize("H,K", [(1, 1), (8, 32), (20, 7), (24, 33), (13, 70)])
 def test_int8_panels_are_the_documented_layout(H, K):
     # csrc/cpu/qdot.h: per gate, H rows padded with zero rows to a multiple of 8 and K with
-    # zeros to a multiple of 16, element k of row c at
-    # (c // 8) * 8 * Kp + (k // 16) * 8 * 16 + (c % 8) * 16 + k % 16.
-    w = torch.randint(-127, 128, (3 * H, K), dtype=torch.int8)
-    Hp, Kp = -(-H // 8) * 8, -(-K // 16) * 16
+    # zeros to a multiple of 32, element k of row c at
+    # (c // 8) * 8 * Kp + (k // 32) * 8 * 32 + (c % 8) * 32 + k % 32, each byte w XOR 0x80
+    # (w + 128 as an unsigned byte; a padding zero is 0x80).
+    w = torch.randint(-128, 128, (3 * H, K), dtype=torch.int8)
+    Hp, Kp = -(-H // 8) * 8, -(-K // 32) * 32
     want = torch.zeros((3, Hp, Kp), dtype=torch.int8)
     want[:, :H, :K] = w.view(3, H, K)
-    want = want.view(3, Hp // 8, 8, Kp // 16, 16).permute(0, 1, 3, 2, 4).reshape(-1)
+    want = want.view(3, Hp // 8, 8, Kp // 32, 32).permute(0, 1, 3, 2, 4).reshape(-1)
+    want = want.bitwise_xor(torch.tensor(-128, dtype=torch.int8))
     assert torch.equal(gru_native._C.int8_panels(w), want)
     assert torch.equal(gru_native._C.int8_panels(w.t().contiguous().t()), want)  # any strides
     with pytest.raises(RuntimeError, match="int8 CPU matrix of 3 \\* H rows"):

@@ -2,29 +2,35 @@
 // (inference only): the recurrent product of forward_layer<float, int8_t> (kernels.cpp) and the
 // input projection (quantized.cpp).
 //
-// A row of activations x[0, K) is quantized symmetrically to 12-bit integers,
+// A row of activations x[0, K) is quantized symmetrically to 129 levels,
 //   s = max|x| / kQuantMax,   q[k] = round(x[k] * (kQuantMax / max|x|))   (to nearest even, float),
-// stored as int16, zero-padded to a multiple of kQuantAlign. A weight row is int8, |w| <= 127,
-// standing for w * sw (sw: the row's scale, per output channel). An output is
+// |q| <= kQuantMax = 64, stored as int8, zero-padded to a multiple of kQuantAlign, with the row's
+// sum of q. A weight row is int8 (|w| <= 127 from gru_native's quantize, -128 possible from
+// torch.ao's), standing for w * sw (sw: the row's scale, per output channel). An output is
 //   float(sum_k q[k] * w[k]) * (s * sw),
-// the sum exact in integers: vpmaddwd on AVX2 (pairs of int16 products into int32 lanes, added
-// across lanes per block of kQuantBlockK k, the blocks in double), vpdpwssd where the build's
-// target has AVX-VNNI or AVX512-VNNI (the same sums: qdot_accumulate is the only difference, so
-// those paths are the AVX2 one by construction), plain loops in a portable build. Being exact,
-// it does not depend on the order, the tiling, the weights' layout (rows as stored, or panels
-// of kPanel rows read as one stream: Int8Weights) or the threads.
+// the sum exact in integers. The products take the weights as unsigned bytes w + 128 (w XOR
+// 0x80) against the signed activations, and subtract 128 * sum(q) after:
+//   AVX2: vpmaddubsw (u8 x s8 pairs into int16: |pair| <= 2 * 255 * 64 < 2^15, never saturated),
+//         vpmaddwd against ones (the pairs into int32 lanes), vpaddd;
+//   AVX-VNNI / AVX512-VNNI builds: vpdpbusd (the same sums in one instruction: qdot_accumulate
+//         is the only difference, so those paths are the AVX2 one by construction);
+//   a portable build: plain loops.
+// The lanes are added per block of kQuantBlockK k, the blocks in double. Being exact, a sum does
+// not depend on the order, the tiling, the weights' layout (rows as stored, or panels of kPanel
+// rows read as one stream: Int8Weights) or the threads.
 //
 // At one row of activations (a step of a small batch) the products are bound by the weights'
 // bytes: the panel layout turns kPanel row streams into one sequential stream. With more rows,
 // each panel stays in L1 while every row of activations passes (tiles of 4, 2, 1 rows), and the
-// bound is the vector ports: per 16 weights one sign extension (vpmovsxbw), then per row one
-// vpmaddwd and one vpaddd.
+// bound is the vector ports: per 32 weights and row a vpmaddubsw, a vpmaddwd and a vpaddd.
 //
-// Why 12 bits and not 8: the activations' rounding error (at most 1/4094 of their row's largest
-// value) is then 16 times below the weights' (1/254 of theirs), so the output's error is the
-// weights' alone; and on AVX2 it costs nothing: vpmaddwd runs as many multiply-adds per cycle
-// as the u8 x s8 vpmaddubsw does once the latter's int16 pair sums are widened, and 8-bit
-// activations would have to drop to 7 bits to keep those pair sums from saturating.
+// Why 129 levels (7 bits and a sign, as torch.ao's x86 dynamic int8 with its reduce_range): the
+// largest on which vpmaddubsw's int16 pair sums cannot saturate against full int8 weights. On
+// the AVX2 Zen 3 the int8 GRU runs 1.4-1.7x as fast as with the 12-bit activations (int16,
+// vpmaddwd) used before at the batched shapes, whose error was a third of torch.ao's; with 129
+// levels the activations' rounding (at most 1/128 of their row's largest value, per row where
+// torch.ao's is per tensor) is about twice the weights' (1/254 of each channel's largest), and
+// the output's error about 0.8 of torch.ao's (benchmarks/NOTES.md section 11).
 // Header-only, internal to the CPU kernels' files (an unnamed namespace; include after vec.h).
 #pragma once
 
@@ -45,29 +51,30 @@
 namespace gru_native::cpu {
 namespace {
 
-constexpr int kQuantMax = 2047;       // |q| <= 2047: 12 bits
-constexpr int64_t kQuantAlign = 16;   // int16 elements per vector
+constexpr int kQuantMax = 64;         // |q| <= 64: 129 levels
+constexpr int64_t kQuantAlign = 32;   // int8 elements per vector
+constexpr int kWeightOffset = 128;    // the products read w + 128 (w XOR 0x80), unsigned
 // The largest K (input or hidden features) a row may have: far below what the exact sums allow.
 constexpr int64_t kQuantMaxK = int64_t(1) << 24;
 
 inline int64_t quant_padded(int64_t K) { return (K + kQuantAlign - 1) / kQuantAlign * kQuantAlign; }
 
-// The name of the instruction the products run on, for build_info().
+// The name of the instructions the products run on, for build_info().
 inline const char* qdot_isa() {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return "AVX512-VNNI vpdpwssd";
+  return "AVX512-VNNI vpdpbusd";
 #elif defined(__AVXVNNI__)
-  return "AVX-VNNI vpdpwssd";
+  return "AVX-VNNI vpdpbusd";
 #elif defined(__AVX2__)
-  return "AVX2 vpmaddwd";
+  return "AVX2 vpmaddubsw + vpmaddwd";
 #else
   return "scalar";
 #endif
 }
 
-// q[0, quant_padded(K)) from x[0, K); returns the row's scale s (0 for a row of zeros, NaN for
-// a row holding a NaN or an infinity: its outputs are then NaN).
-inline float quantize_row(int64_t K, const float* x, int16_t* q) {
+// q[0, quant_padded(K)) from x[0, K), *sum = the sum of q; returns the row's scale s (0 for a
+// row of zeros, NaN for a row holding a NaN or an infinity: its outputs are then NaN).
+inline float quantize_row(int64_t K, const float* x, int8_t* q, int32_t* sum) {
   TORCH_CHECK(K <= kQuantMaxK, "gru_native: quantized layers take at most ", kQuantMaxK,
               " input or hidden features, got ", K);
   float amax = 0.0f;
@@ -92,52 +99,78 @@ inline float quantize_row(int64_t K, const float* x, int16_t* q) {
     amax = std::max(amax, v);
   }
   const int64_t Kp = quant_padded(K);
+  *sum = 0;
   if (!finite || std::isinf(amax) || amax == 0.0f) {
-    std::fill(q, q + Kp, int16_t(0));
+    std::fill(q, q + Kp, int8_t(0));
     return (finite && amax == 0.0f) ? 0.0f : std::numeric_limits<float>::quiet_NaN();
   }
   const float inv = static_cast<float>(kQuantMax) / amax;
+  int32_t total = 0;
   k = 0;
 #if defined(__AVX2__)
   const __m256 vinv = _mm256_set1_ps(inv);
-  for (; k + 16 <= K; k += 16) {
-    const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));
-    const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), vinv));
-    // packs works within 128-bit halves: restore the order of the four 64-bit quarters.
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), packed);
+  // packs works within 128-bit halves: after the two packs the 32-bit groups hold the vectors'
+  // quarters in the order a0 b0 c0 d0 a1 b1 c1 d1; this puts them back as a0 a1 b0 b1 ...
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i vsum = _mm256_setzero_si256();
+  for (; k + 32 <= K; k += 32) {
+    __m256i v[4];
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * i), vinv));
+    }
+    vsum = _mm256_add_epi32(vsum, _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]),
+                                                   _mm256_add_epi32(v[2], v[3])));
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                             _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                        _mm256_permutevar8x32_epi32(bytes, order));
   }
+  alignas(32) int32_t partial[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(partial), vsum);
+  for (int32_t v : partial) total += v;
 #endif
-  for (; k < K; ++k) q[k] = static_cast<int16_t>(std::nearbyint(x[k] * inv));
+  for (; k < K; ++k) {
+    q[k] = static_cast<int8_t>(std::nearbyint(x[k] * inv));
+    total += q[k];
+  }
   for (; k < Kp; ++k) q[k] = 0;
+  *sum = total;
   return amax / static_cast<float>(kQuantMax);
 }
 
 // Rows [0, M) of a matrix quantized per row: row m at q + m * ld (ld >= quant_padded(K)), its
-// scale at scale[m].
+// scale at scale[m], the sum of its q at sum[m].
 struct QuantizedView {
-  const int16_t* q;
+  const int8_t* q;
   const float* scale;
+  const int32_t* sum;
   int64_t M, K, ld;
+
+  QuantizedView rows(int64_t m0, int64_t m1) const {
+    return {q + m0 * ld, scale + m0, sum + m0, m1 - m0, K, ld};
+  }
 };
 
-// Rows [0, M) of x (row m at x + m * ldx) quantized into q (row m at q + m * ld, ld >= 
-// quant_padded(K)) and scale[m], spread over torch's threads (on the calling thread inside a
-// parallel region, and for a few rows). The one quantizing loop of the input projections and of
-// the recurrence.
-inline void quantize_rows(int64_t M, int64_t K, const float* x, int64_t ldx, int16_t* q,
-                          int64_t ld, float* scale) {
+// Rows [0, M) of x (row m at x + m * ldx) quantized into q (row m at q + m * ld, ld >=
+// quant_padded(K)), scale[m] and sum[m], spread over torch's threads (on the calling thread
+// inside a parallel region, and for a few rows). The one quantizing loop of the input
+// projections and of the recurrence.
+inline void quantize_rows(int64_t M, int64_t K, const float* x, int64_t ldx, int8_t* q,
+                          int64_t ld, float* scale, int32_t* sum) {
   constexpr int64_t kParallelElements = 64 * 1024;
   const int64_t grain = std::max<int64_t>(1, kParallelElements / std::max<int64_t>(K, 1));
   at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) scale[m] = quantize_row(K, x + m * ldx, q + m * ld);
+    for (int64_t m = m0; m < m1; ++m) {
+      scale[m] = quantize_row(K, x + m * ldx, q + m * ld, sum + m);
+    }
   });
 }
 
 // A matrix quantized per row, owning its storage: up to M rows of K elements.
 struct QuantizedRows {
-  std::vector<int16_t> q;
+  std::vector<int8_t> q;
   std::vector<float> scale;
+  std::vector<int32_t> sum;
   int64_t K = 0, ld = 0;
 
   void reserve(int64_t M, int64_t K_) {
@@ -145,24 +178,28 @@ struct QuantizedRows {
     ld = quant_padded(K_);
     q.resize(static_cast<size_t>(M * ld));
     scale.resize(static_cast<size_t>(M));
+    sum.resize(static_cast<size_t>(M));
   }
   // Rows [m0, m1) from x (row m at x + (m - m0) * ldx).
   void quantize(int64_t m0, int64_t m1, const float* x, int64_t ldx) {
-    quantize_rows(m1 - m0, K, x, ldx, q.data() + m0 * ld, ld, scale.data() + m0);
+    quantize_rows(m1 - m0, K, x, ldx, q.data() + m0 * ld, ld, scale.data() + m0,
+                  sum.data() + m0);
   }
   QuantizedView view(int64_t m0, int64_t m1) const {
-    return {q.data() + m0 * ld, scale.data() + m0, m1 - m0, K, ld};
+    return {q.data() + m0 * ld, scale.data() + m0, sum.data() + m0, m1 - m0, K, ld};
   }
 };
 
 // The int8 weights of a product: Nc rows (outputs) of K elements, in one of two layouts.
-//   row-major (ld > 0): row c at w + c * ld, as the modules store them;
+//   row-major (ld > 0): row c at w + c * ld, as the modules store them (int8 w);
 //   panels (ld == 0): kPanel consecutive rows interleaved per kQuantAlign elements, each panel
-//     one sequential stream of kPanel * quant_padded(K) bytes: element k of row c at
+//     one sequential stream of kPanel * quant_padded(K) bytes, each byte w XOR 0x80 (w + 128 as
+//     an unsigned byte, what the products read): element k of row c at
 //       w + (c / kPanel) * kPanel * Kp + (k / kQuantAlign) * kPanel * kQuantAlign
 //         + (c % kPanel) * kQuantAlign + k % kQuantAlign,   Kp = quant_padded(K),
-//     zeros past K and past the last row. A GRU weight [3H, K] is packed per gate (each gate's
-//     H rows padded to a multiple of kPanel): pack_int8_panels, the only writer of the layout.
+//     weight 0 (byte 0x80) past K and past the last row. A GRU weight [3H, K] is packed per gate
+//     (each gate's H rows padded to a multiple of kPanel): pack_int8_panels, the only writer of
+//     the layout.
 // Both give the same sums (exact integers), so the same bits.
 constexpr int64_t kPanel = 8;
 
@@ -183,21 +220,21 @@ inline int64_t int8_panels_size(int64_t gates, int64_t rows, int64_t K) {
 }
 
 // W [gates * rows, K] (row-major, row stride ld) into the panel layout, each gate's rows padded:
-// out[0, int8_panels_size(gates, rows, K)), every byte written (zeros where padded).
+// out[0, int8_panels_size(gates, rows, K)), every byte written (0x80, weight 0, where padded).
 inline void pack_int8_panels(int64_t gates, int64_t rows, int64_t K, const int8_t* w, int64_t ld,
                              int8_t* out) {
   const int64_t Kp = quant_padded(K), panels = (rows + kPanel - 1) / kPanel;
+  const auto offset = [](int8_t v) {
+    return static_cast<int8_t>(static_cast<uint8_t>(v) ^ 0x80u);
+  };
   for (int64_t g = 0; g < gates; ++g) {
     for (int64_t p = 0; p < panels; ++p) {
       for (int64_t k0 = 0; k0 < Kp; k0 += kQuantAlign) {
         for (int64_t j = 0; j < kPanel; ++j, out += kQuantAlign) {
-          const int64_t r = p * kPanel + j, n = std::min(kQuantAlign, K - k0);
-          if (r < rows && n > 0) {
-            std::memcpy(out, w + (g * rows + r) * ld + k0, n);
-            std::memset(out + n, 0, kQuantAlign - n);
-          } else {
-            std::memset(out, 0, kQuantAlign);
-          }
+          const int64_t r = p * kPanel + j;
+          const int64_t n = r < rows ? std::clamp<int64_t>(K - k0, 0, kQuantAlign) : 0;
+          for (int64_t i = 0; i < n; ++i) out[i] = offset(w[(g * rows + r) * ld + k0 + i]);
+          std::fill(out + n, out + kQuantAlign, offset(0));
         }
       }
     }
@@ -205,13 +242,16 @@ inline void pack_int8_panels(int64_t gates, int64_t rows, int64_t K, const int8_
 }
 
 #if defined(__AVX2__)
-inline __m256i qdot_accumulate(__m256i acc, __m256i a, __m256i w) {
+// acc + (per int32 lane) the sum of four products of w (unsigned bytes, the weights + 128) and
+// a (signed bytes, |a| <= kQuantMax).
+inline __m256i qdot_accumulate(__m256i acc, __m256i w, __m256i a) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpwssd_epi32(acc, a, w);
+  return _mm256_dpbusd_epi32(acc, w, a);
 #elif defined(__AVXVNNI__)
-  return _mm256_dpwssd_avx_epi32(acc, a, w);
+  return _mm256_dpbusd_avx_epi32(acc, w, a);
 #else
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a),
+                                                 _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -226,23 +266,25 @@ inline __m256i qdot_lane_sums(const __m256i* v) {
 }
 #endif
 
-// Products summed exactly in int32 lanes over at most this many k (|sum| <= 8192 * 2047 * 127
-// < 2^31), then in double (exact to 2^53). A sum of one block goes to float directly: the same
-// rounding as through the double.
+// Products summed exactly in int32 lanes over at most this many k (|sum| <= 8192 * 255 * 64
+// < 2^31, before and after the offset's 128 * sum(q) is taken off), then in double (exact to
+// 2^53). A sum of one block goes to float directly: the same rounding as through the double.
 constexpr int64_t kQuantBlockK = 8192;
 
 #if defined(__AVX2__)
-// Lane i * CB + j: the sum over the chunks [k0, k1) (whole chunks) of a[i] times w_j, whose
-// chunk at k is at w[j] + k * KS.
+// Lane i * CB + j: the sum over the chunks [k0, k1) (whole chunks) of a[i] times (w_j + 128),
+// whose chunk at k is at w[j] + k * KS (row-major rows, KS 1, are offset as loaded; panels
+// hold the offset bytes).
 template <int RB, int CB, int KS>
-__attribute__((always_inline)) inline __m256i qdot_loop(const int16_t* const* a_rows,
+__attribute__((always_inline)) inline __m256i qdot_loop(const int8_t* const* a_rows,
                                                         const int8_t* const* w_rows, int64_t k0,
                                                         int64_t k1) {
-  const int16_t* a[RB];
+  const int8_t* a[RB];
   const int8_t* w[CB];
   for (int i = 0; i < RB; ++i) a[i] = a_rows[i] + k0;
   // Panels: one pointer, the rows at fixed offsets from it.
   for (int j = 0; j < CB; ++j) w[j] = KS == 1 ? w_rows[j] + k0 : w_rows[0] + k0 * KS;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   __m256i acc[RB * CB];
 #pragma GCC unroll 8
   for (int v = 0; v < RB * CB; ++v) acc[v] = _mm256_setzero_si256();
@@ -256,9 +298,16 @@ __attribute__((always_inline)) inline __m256i qdot_loop(const int16_t* const* a_
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
       const int8_t* wj = KS == 1 ? w[j] : w[0] + j * kQuantAlign;
-      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wj)));
+      __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj));
+      if (KS == 1) wv = _mm256_xor_si256(wv, flip);
 #pragma GCC unroll 4
-      for (int i = 0; i < RB; ++i) acc[i * CB + j] = qdot_accumulate(acc[i * CB + j], av[i], wv);
+      for (int i = 0; i < RB; ++i) {
+        acc[i * CB + j] = qdot_accumulate(acc[i * CB + j], wv, av[i]);
+        // Each product finished before the next begins: left to itself GCC issues all eight
+        // vpmaddubsw first, and their eight results beside eight accumulators spill one to the
+        // stack (1.05-1.3x slower, benchmarks/NOTES.md section 11).
+        __asm__("" : "+x"(acc[i * CB + j]));
+      }
     }
 #pragma GCC unroll 8
     for (int j = 0; j < (KS == 1 ? CB : 1); ++j) w[j] += kQuantAlign * KS;
@@ -268,7 +317,7 @@ __attribute__((always_inline)) inline __m256i qdot_loop(const int16_t* const* a_
 
 // qdot_loop out of line: on its own, the loop keeps its pointers and accumulators in registers.
 template <int RB, int CB, int KS>
-__attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows,
+__attribute__((noinline)) __m256i qdot_chunks(const int8_t* const* a_rows,
                                               const int8_t* const* w_rows, int64_t k0,
                                               int64_t k1) {
   return qdot_loop<RB, CB, KS>(a_rows, w_rows, k0, k1);
@@ -277,11 +326,11 @@ __attribute__((noinline)) __m256i qdot_chunks(const int16_t* const* a_rows,
 // The last, partial chunk [whole, k1) of row-major rows (KS 1), read through zeroed copies of
 // their last elements (the rows of A are padded with zeros).
 template <int RB, int CB>
-inline __m256i qdot_tail(const int16_t* const* a, const int8_t* const* w, int64_t whole,
+inline __m256i qdot_tail(const int8_t* const* a, const int8_t* const* w, int64_t whole,
                          int64_t k1) {
-  alignas(16) int8_t tail[CB][kQuantAlign] = {};
+  alignas(32) int8_t tail[CB][kQuantAlign] = {};
   const int8_t* tw[CB];
-  const int16_t* ta[RB];
+  const int8_t* ta[RB];
   for (int j = 0; j < CB; ++j) {
     std::memcpy(tail[j], w[j] + whole, static_cast<size_t>(k1 - whole));
     tw[j] = tail[j];
@@ -293,20 +342,32 @@ inline __m256i qdot_tail(const int16_t* const* a, const int8_t* const* w, int64_
 // qdot_chunks over [k0, k1) (k1 - k0 <= kQuantBlockK), a partial last chunk of row-major rows
 // through qdot_tail.
 template <int RB, int CB, int KS>
-inline __m256i qdot_block(const int16_t* const* a, const int8_t* const* w, int64_t k0,
+inline __m256i qdot_block(const int8_t* const* a, const int8_t* const* w, int64_t k0,
                           int64_t k1) {
   const int64_t whole = k0 + (k1 - k0) / kQuantAlign * kQuantAlign;
   __m256i sums = qdot_chunks<RB, CB, KS>(a, w, k0, whole);
   if (KS == 1 && whole < k1) sums = _mm256_add_epi32(sums, qdot_tail<RB, CB>(a, w, whole, k1));
   return sums;
 }
+
+// Lane i * CB + j: kWeightOffset * sum[i], the offset's share of row i's sums (K <=
+// kQuantBlockK: |sum[i]| <= 64 * 8192).
+template <int RB, int CB>
+inline __m256i qdot_offsets(const int32_t* sum) {
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < RB; ++i) {
+    for (int j = 0; j < CB; ++j) lanes[i * CB + j] = kWeightOffset * sum[i];
+  }
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+}
 #endif
 
 // out[i * ldo + j] = float(dot(a[i], w_j)) * (sa[i] * sw[j]) for i < RB, j < n_out <= CB
-// (RB * CB == 8): a rows quantized (padded to quant_padded(K)); the kQuantAlign elements of w_j
-// from k on at w[j] + k * KS: KS 1, a row-major row, KS kPanel, a row of a panel (padded).
+// (RB * CB == 8): a rows quantized (padded to quant_padded(K)), asum[i] the sum of a[i]; the
+// kQuantAlign elements of w_j from k on at w[j] + k * KS: KS 1, a row-major row, KS kPanel, a
+// row of a panel (padded, offset bytes).
 template <int RB, int CB, int KS>
-inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
+inline void qdot_tile(int64_t K, const int8_t* const* a, const float* sa, const int32_t* asum,
                       const int8_t* const* w, const float* sw, float* out, int64_t ldo,
                       int64_t n_out) {
   static_assert(RB * CB == 8, "one vector of sums");
@@ -314,7 +375,9 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
   alignas(32) float sums[8];
 #if defined(__AVX2__)
   if (K <= kQuantBlockK) {
-    _mm256_store_ps(sums, _mm256_cvtepi32_ps(qdot_block<RB, CB, KS>(a, w, 0, K)));
+    const __m256i dots = _mm256_sub_epi32(qdot_block<RB, CB, KS>(a, w, 0, K),
+                                          qdot_offsets<RB, CB>(asum));
+    _mm256_store_ps(sums, _mm256_cvtepi32_ps(dots));
   } else {
     __m256d total_lo = _mm256_setzero_pd(), total_hi = _mm256_setzero_pd();
     for (int64_t k0 = 0; k0 < K; k0 += kQuantBlockK) {
@@ -322,6 +385,12 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
       total_lo = _mm256_add_pd(total_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(b)));
       total_hi = _mm256_add_pd(total_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(b, 1)));
     }
+    alignas(32) double offsets[8];  // in double: 128 * sum(q) may pass 2^31 for such K
+    for (int i = 0; i < RB; ++i) {
+      for (int j = 0; j < CB; ++j) offsets[i * CB + j] = double(kWeightOffset) * asum[i];
+    }
+    total_lo = _mm256_sub_pd(total_lo, _mm256_load_pd(offsets));
+    total_hi = _mm256_sub_pd(total_hi, _mm256_load_pd(offsets + 4));
     _mm_store_ps(sums, _mm256_cvtpd_ps(total_lo));
     _mm_store_ps(sums + 4, _mm256_cvtpd_ps(total_hi));
   }
@@ -336,9 +405,11 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
       int64_t sum = 0;
       for (int64_t k = 0; k < K; ++k) {
         const int64_t at = (k / kQuantAlign) * kQuantAlign * KS + k % kQuantAlign;
-        sum += int32_t(a[i][k]) * int32_t(w[j][at]);
+        const int32_t wk = KS == 1 ? int32_t(w[j][at]) + kWeightOffset
+                                   : int32_t(static_cast<uint8_t>(w[j][at]));
+        sum += int32_t(a[i][k]) * wk;
       }
-      sums[i * CB + j] = static_cast<float>(sum);
+      sums[i * CB + j] = static_cast<float>(sum - int64_t(kWeightOffset) * asum[i]);
     }
   }
 #endif
@@ -355,16 +426,19 @@ inline void qdot_tile(int64_t K, const int16_t* const* a, const float* sa,
 // qdot_tile's, so the same bits; at K = 256 it runs 1.2-1.3x as fast as the four qdot_tile
 // calls (their calls and scalar epilogues were about a third of their time). K <= kQuantBlockK.
 template <int KS>
-__attribute__((noinline)) void qdot_rows4(int64_t K, const int16_t* const* a,
+__attribute__((noinline)) void qdot_rows4(int64_t K, const int8_t* const* a,
                                           const int8_t* const* w, const float* sa,
-                                          const float* sw, float* out, int64_t ldo) {
+                                          const int32_t* asum, const float* sw, float* out,
+                                          int64_t ldo) {
   const int64_t whole = K / kQuantAlign * kQuantAlign;
+  const __m256i offsets = qdot_offsets<4, 2>(asum);
   __m256i r[4];  // r[t], lane 2 i + jj: row i of A, row 2 t + jj of W
   for (int t = 0; t < 4; ++t) {
     r[t] = qdot_loop<4, 2, KS>(a, w + 2 * t, 0, whole);
     if (KS == 1 && whole < K) {
       r[t] = _mm256_add_epi32(r[t], qdot_tail<4, 2>(a, w + 2 * t, whole, K));
     }
+    r[t] = _mm256_sub_epi32(r[t], offsets);
   }
   // A transpose of 64-bit pairs: row i's eight sums are (r[0], r[1], r[2], r[3]) at pair i.
   const __m256i u0 = _mm256_unpacklo_epi64(r[0], r[1]), u1 = _mm256_unpackhi_epi64(r[0], r[1]);
@@ -389,7 +463,7 @@ void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const
                  float* C, int64_t ldc) {
   const int64_t K = A.K;
   const int8_t* w[kPanel];
-  const int16_t* a[4];
+  const int8_t* a[4];
   for (int64_t c0 = 0; c0 < Nc; c0 += kPanel) {
     const int64_t nc = std::min(kPanel, Nc - c0);
     for (int64_t j = 0; j < kPanel; ++j) {
@@ -403,29 +477,29 @@ void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const
     if (nc == kPanel && quant_padded(K) <= kQuantBlockK) {
       for (; m + 4 <= A.M; m += 4) {
         for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
-        qdot_rows4<KS>(KS == 1 ? K : quant_padded(K), a, w, A.scale + m, s, C + m * ldc + c0,
-                       ldc);
+        qdot_rows4<KS>(KS == 1 ? K : quant_padded(K), a, w, A.scale + m, A.sum + m, s,
+                       C + m * ldc + c0, ldc);
       }
     }
 #endif
     for (; m + 4 <= A.M; m += 4) {
       for (int i = 0; i < 4; ++i) a[i] = A.q + (m + i) * A.ld;
       for (int64_t j = 0; j < nc; j += 2) {
-        qdot_tile<4, 2, KS>(K, a, A.scale + m, w + j, s + j, C + m * ldc + c0 + j, ldc,
-                            std::min<int64_t>(2, nc - j));
+        qdot_tile<4, 2, KS>(K, a, A.scale + m, A.sum + m, w + j, s + j, C + m * ldc + c0 + j,
+                            ldc, std::min<int64_t>(2, nc - j));
       }
     }
     if (m + 2 <= A.M) {
       for (int i = 0; i < 2; ++i) a[i] = A.q + (m + i) * A.ld;
       for (int64_t j = 0; j < nc; j += 4) {
-        qdot_tile<2, 4, KS>(K, a, A.scale + m, w + j, s + j, C + m * ldc + c0 + j, ldc,
-                            std::min<int64_t>(4, nc - j));
+        qdot_tile<2, 4, KS>(K, a, A.scale + m, A.sum + m, w + j, s + j, C + m * ldc + c0 + j,
+                            ldc, std::min<int64_t>(4, nc - j));
       }
       m += 2;
     }
     if (m < A.M) {
       a[0] = A.q + m * A.ld;
-      qdot_tile<1, 8, KS>(K, a, A.scale + m, w, s, C + m * ldc + c0, ldc, nc);
+      qdot_tile<1, 8, KS>(K, a, A.scale + m, A.sum + m, w, s, C + m * ldc + c0, ldc, nc);
     }
   }
 }

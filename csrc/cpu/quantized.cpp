@@ -49,7 +49,7 @@ void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panel
       const int64_t g = i / (w_blocks * x_blocks), wb = i / x_blocks % w_blocks;
       const int64_t n0 = wb * w_rows, n1 = std::min(H, n0 + w_rows);
       const int64_t m0 = (i % x_blocks) * kRowBlock, m1 = std::min(X.M, m0 + kRowBlock);
-      const QuantizedView rows{X.q + m0 * X.ld, X.scale + m0, m1 - m0, K, X.ld};
+      const QuantizedView rows = X.rows(m0, m1);
       const Int8Weights w = panels
           ? Int8Weights{W + g * int8_panels_size(1, H, K), 0}.from_row(n0, K)
           : Int8Weights{W + (g * H + n0) * K, K};
@@ -98,12 +98,16 @@ void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0
   const at::Tensor lower_all = cached_empty({n_lower * R * D * H}, at::kFloat);
   // int8: each layer's input quantized per row, once for both directions.
   const int64_t ld = quant_padded(std::max(g.C, D * H));
-  const at::Tensor xq = cached_empty({kInt8 ? R * ld : 0}, at::kShort);
+  const at::Tensor xq = cached_empty({kInt8 ? R * ld : 0}, at::kChar);
   const at::Tensor xs = cached_empty({kInt8 ? R : 0}, at::kFloat);
+  const at::Tensor xsum = cached_empty({kInt8 ? R : 0}, at::kInt);
   const float* x = input.data_ptr<float>();
   for (int64_t l = 0; l < L; ++l) {
     const int64_t Cl = g.layer_input_size(l);
-    if constexpr (kInt8) quantize_rows(R, Cl, x, Cl, xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
+    if constexpr (kInt8) {
+      quantize_rows(R, Cl, x, Cl, xq.data_ptr<int8_t>(), ld, xs.data_ptr<float>(),
+                    xsum.data_ptr<int32_t>());
+    }
     ForwardParams<float, W> p;
     p.steps = g.steps;
     p.H = H;
@@ -113,7 +117,8 @@ void run_layers(const Geometry& g, const at::Tensor& input, const at::Tensor& h0
       const W* w_ih = static_cast<const W*>(w[g.index(l, d, 0)].data_ptr());
       const W* w_hh = static_cast<const W*>(w[g.index(l, d, 1)].data_ptr());
       if constexpr (kInt8) {
-        const QuantizedView rows{xq.data_ptr<int16_t>(), xs.data_ptr<float>(), R, Cl, ld};
+        const QuantizedView rows{xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
+                                 xsum.data_ptr<int32_t>(), R, Cl, ld};
         const bool packed = !panels.empty();
         if (packed) {
           w_ih = panels[(l * D + d) * 2].data_ptr<int8_t>();
