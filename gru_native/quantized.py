@@ -6,9 +6,9 @@ torch.nn's, and torch.ao's dynamically quantized ones) by a ``QuantizedGRU`` /
 
 - ``torch.qint8``: weights int8, symmetric, one scale per output channel (row of W_ih / W_hh:
   ``scale = max|row| / 127``); activations float32, quantized per row inside the products only
-  (symmetric, 129 levels: 7 bits and a sign, as torch.ao's x86 dynamic int8; ``csrc/cpu/qdot.h``:
-  the sums are exact integers); biases, gates and the hidden state float32; nn.GRU's equations
-  (linear before reset).
+  (129 symmetric levels, ``|q| <= 64``; torch.ao's x86 dynamic int8 uses 128 per tensor;
+  ``csrc/cpu/qdot.h``: the sums are exact integers); biases, gates and the hidden state float32;
+  nn.GRU's equations (linear before reset).
 - ``torch.bfloat16``: weights bfloat16, everything else float32 (for models bound by the bytes
   of their weights, as step-wise calls are).
 

@@ -24,8 +24,8 @@
 // each panel stays in L1 while every row of activations passes (tiles of 4, 2, 1 rows), and the
 // bound is the vector ports: per 32 weights and row a vpmaddubsw, a vpmaddwd and a vpaddd.
 //
-// Why 129 levels (7 bits and a sign, as torch.ao's x86 dynamic int8 with its reduce_range): the
-// largest on which vpmaddubsw's int16 pair sums cannot saturate against full int8 weights. On
+// Why 129 levels (torch.ao's x86 dynamic int8 GRU uses 128, with its reduce_range): the most
+// for which vpmaddubsw's int16 pair sums cannot saturate against any int8 weights. On
 // the AVX2 Zen 3 the int8 GRU runs 1.4-1.7x as fast as with the 12-bit activations (int16,
 // vpmaddwd) used before at the batched shapes, whose error was a third of torch.ao's; with 129
 // levels the activations' rounding (at most 1/128 of their row's largest value, per row where
