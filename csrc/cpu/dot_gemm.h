@@ -36,6 +36,36 @@ struct DotTiling {
   static constexpr int64_t kMChunk = 64;  // rows of A whose accumulators `part` holds
 };
 
+// v, held in a register from here on: the compiler may no longer fold its load into each FMA
+// that uses it (a load per FMA: with RB rows of A, RB loads of each vector of W). Where a tile
+// reads each vector of W for two rows or more this takes the loads from 14 to 8 per step (2 x 6
+// tile): 1.05-1.25x on products whose W is in L2 (benchmarks/NOTES.md section 10).
+template <typename V>
+inline V in_register(V v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
+    __m512 r = v;
+    __asm__("" : "+v"(r));
+    return V(r);
+  } else if constexpr (std::is_same_v<V, at::vec::Vectorized<double>>) {
+    __m512d r = v;
+    __asm__("" : "+v"(r));
+    return V(r);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
+    __m256 r = v;
+    __asm__("" : "+x"(r));
+    return V(r);
+  } else if constexpr (std::is_same_v<V, at::vec::Vectorized<double>>) {
+    __m256d r = v;
+    __asm__("" : "+x"(r));
+    return V(r);
+  }
+#endif
+  return v;
+}
+
 // Over k in [k0, k1) (k0 a multiple of the vector width), for i < RB, j < CB: the accumulator
 // of dot(a + i * lda, w + j * ldw) continues from part[i * ldp + j] (from zero at k0 == 0);
 // at k1 == K it is summed horizontally into out[i * ldo + j], else saved back to part.
@@ -65,7 +95,9 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
     for (int i = 0; i < RB; ++i) av[i] = load(ap[i]);
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
-      const V wv = load(wp[j]);
+      // One row of A (RB 1): the load stays in the FMA (in a register it ran 5-15% slower).
+      V wv = load(wp[j]);
+      if constexpr (RB > 1) wv = in_register(wv);
 #pragma GCC unroll 8
       for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
     }
