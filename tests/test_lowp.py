@@ -210,9 +210,9 @@ except OSError:
 PATHS = {
     "bf16/f16 converted to float on AVX2": "AVX2",
     "bf16/f16 converted to float on AVX512": "AVX512",
-    "int8 products on AVX2 vpmaddwd": "AVX2 vpmaddwd",
-    "int8 products on AVX512-VNNI vpdpwssd": "AVX512-VNNI vpdpwssd",
-    "int8 products on AVX-VNNI vpdpwssd": "AVX-VNNI vpdpwssd",
+    "int8 products on AVX2 vpmaddubsw + vpmaddwd": "AVX2 vpmaddubsw + vpmaddwd",
+    "int8 products on AVX512-VNNI vpdpbusd": "AVX512-VNNI vpdpbusd",
+    "int8 products on AVX-VNNI vpdpbusd": "AVX-VNNI vpdpbusd",
     "bf16 dot products on AVX512-BF16 vdpbf16ps": None,
     "bf16 products on AMX tiles": None,
     "f16 arithmetic on AVX512-FP16": None,
