@@ -42,26 +42,18 @@ struct DotTiling {
 // tile): 1.05-1.25x on products whose W is in L2 (benchmarks/NOTES.md section 10).
 template <typename V>
 inline V in_register(V v) {
+  // "v": any vector register the target has (xmm/ymm/zmm 0-15, or 0-31 with AVX-512).
+  [[maybe_unused]] const auto pin = [](auto raw) {
+    __asm__("" : "+v"(raw));
+    return raw;
+  };
+  using T = typename V::value_type;
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
-    __m512 r = v;
-    __asm__("" : "+v"(r));
-    return V(r);
-  } else if constexpr (std::is_same_v<V, at::vec::Vectorized<double>>) {
-    __m512d r = v;
-    __asm__("" : "+v"(r));
-    return V(r);
-  }
+  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m512>(v)));
+  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m512d>(v)));
 #elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) {
-    __m256 r = v;
-    __asm__("" : "+x"(r));
-    return V(r);
-  } else if constexpr (std::is_same_v<V, at::vec::Vectorized<double>>) {
-    __m256d r = v;
-    __asm__("" : "+x"(r));
-    return V(r);
-  }
+  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m256>(v)));
+  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m256d>(v)));
 #endif
   return v;
 }

@@ -186,7 +186,7 @@ struct QuantizedRows {
                   sum.data() + m0);
   }
   QuantizedView view(int64_t m0, int64_t m1) const {
-    return {q.data() + m0 * ld, scale.data() + m0, sum.data() + m0, m1 - m0, K, ld};
+    return QuantizedView{q.data(), scale.data(), sum.data(), m1, K, ld}.rows(m0, m1);
   }
 };
 
