@@ -15,7 +15,8 @@ build_ext --inplace` in it). Cases: the canonical dense shapes (inference, train
 step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried state); with
 --cases rows, products of 16-48 rows (GRUCell and GRU at T=1, N 16-48, H 256 and 1024; GRU at
 T=2, 4 with N=8); with --cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
-shapes, nn.GRU in float32 as the control.
+shapes, nn.GRU in float32 as the control; with --cases bf16, the canonical shapes from small up in
+bfloat16 (model.to(torch.bfloat16)), inference and training, nn.GRU in bfloat16 as the control.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def cases(groups):
             for T in (2, 4):
                 out.append(dict(name=f"gru N=8 H={H} T={T}", kind="gru", T=T, N=8, C=H, H=H, L=1,
                                 bi=False, mode="inference", h0=True))
+    if "bf16" in groups:
+        for name, T, N, C, H, L, bi in CANONICAL[2:]:
+            for mode in ("inference", "training"):
+                out.append(dict(name=f"bf16 {name}", kind="gru", T=T, N=N, C=C, H=H, L=L, bi=bi,
+                                mode=mode, h0=False, dtype="bfloat16"))
     if "lowp" in groups:
         for quant in ("int8", "bf16"):
             for name, T, N, C, H, L, bi in LOWP:
@@ -109,6 +115,11 @@ def _runner(spec, impl):
         if spec.get("quant"):
             mod = gru_native.quantize(mod, torch.qint8 if spec["quant"] == "int8"
                                       else torch.bfloat16)
+    if spec.get("dtype"):  # the module and inputs in that dtype (model.to(dtype))
+        dtype = getattr(torch, spec["dtype"])
+        mod = mod.to(dtype)
+        x = x.to(dtype)
+        args = tuple(a.to(dtype) for a in args)
     if spec["mode"] == "inference":
         def run():
             with torch.no_grad():

@@ -139,6 +139,30 @@ def test_half_types_both_forward_forms(monkeypatch, dtype, form):
 
 
 @needs_cpu_kernels
+@pytest.mark.parametrize("form", ["packed", "direct"])
+@pytest.mark.parametrize("H", [301, 256, 33], ids=lambda h: f"H{h}")
+def test_bf16_recurrence_blocks_and_tails(monkeypatch, form, H):
+    # bfloat16 recurrence at sizes that exercise every edge of its products: K blocks of 256 with
+    # an odd last one (301: the pair path's last k alone), rows past a tile of 12 (13, 25), an
+    # odd input width (the input projection's pairs), both directions; within k of nn.GRU
+    # bfloat16's error against float64, output and h_n.
+    monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", form)
+    ref64, ref, ours = _trio(45, H, 1, True, True, False, torch.bfloat16, seed=3)
+    torch.manual_seed(4)
+    for N in (13, 25):
+        x = torch.randn(7, N, 45, dtype=torch.float64)
+        h0 = torch.randn(2, N, H, dtype=torch.float64) * 0.5
+        with torch.no_grad():
+            truth = ref64(x, h0)
+            theirs = ref(x.bfloat16(), h0.bfloat16())
+            mine = ours(x.bfloat16(), h0.bfloat16())
+        for t, r, o in zip(truth, theirs, mine):
+            err_ref = (r.double() - t).abs().max().item()
+            err_ours = (o.double() - t).abs().max().item()
+            assert err_ours <= K_ERROR * err_ref + _floor(torch.bfloat16), (N, err_ours, err_ref)
+
+
+@needs_cpu_kernels
 @pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
 def test_half_types_bits_do_not_depend_on_threads(dtype):
     _, _, ours = _trio(64, 96, 2, True, True, False, dtype)
@@ -213,7 +237,7 @@ PATHS = {
     "int8 products on AVX2 vpmaddubsw + vpmaddwd": "AVX2 vpmaddubsw + vpmaddwd",
     "int8 products on AVX512-VNNI vpdpbusd": "AVX512-VNNI vpdpbusd",
     "int8 products on AVX-VNNI vpdpbusd": "AVX-VNNI vpdpbusd",
-    "bf16 dot products on AVX512-BF16 vdpbf16ps": None,
+    "bf16 dot products on AVX512-BF16 vdpbf16ps": "AVX512-BF16 vdpbf16ps",
     "bf16 products on AMX tiles": None,
     "f16 arithmetic on AVX512-FP16": None,
 }
@@ -231,8 +255,12 @@ def test_instruction_set_path(path):
                     f"{', '.join(sorted(_CPU_FLAGS & {'avx512_bf16', 'amx_bf16', 'avx512_fp16'}))or 'none of avx512_bf16, amx_bf16, avx512_fp16'}); "
                     f"the converting path serves these dtypes")
     lowp = info["cpu_lowp_paths"]
-    ran = (lowp["int8"] == marker if path.startswith("int8")
-           else info["cpu_vector_isa"] == marker and not EMULATED)
+    if path.startswith("int8"):
+        ran = lowp["int8"] == marker
+    elif "vdpbf16ps" in marker:
+        ran = lowp["bfloat16"].startswith(marker) and not EMULATED
+    else:
+        ran = info["cpu_vector_isa"] == marker and not EMULATED
     if not ran:
         pytest.skip(f"not run on this machine: this build's paths are {lowp} "
                     f"(vector ISA {info['cpu_vector_isa']}, -march=native)")

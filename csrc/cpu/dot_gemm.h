@@ -47,7 +47,7 @@ inline V in_register(V v) {
     __asm__("" : "+v"(raw));
     return raw;
   };
-  using T = typename V::value_type;
+  using T [[maybe_unused]] = typename V::value_type;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m512>(v)));
   if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m512d>(v)));

@@ -8,7 +8,8 @@
 // Each element of C is (beta C + bias) + S_0 + S_1 + ..., S_j the chain of fused multiply-adds
 // over the j-th block of kKC k's in order, from zero (a rounding error that grows with kKC +
 // K / kKC, not with K): the same bits whatever the threads, the split of C over them, the other
-// blocking or the vector width.
+// blocking or the vector width. bfloat16 on AVX512-BF16 (run_rectangle_pairs) is the same with
+// S_j summed over pairs of k (bf16_pairs.h).
 
 // First: it chooses at::vec's instruction set, for every ATen header after it.
 #include "cpu/vec.h"
@@ -24,6 +25,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "cpu/bf16_pairs.h"
 #include "cpu/host_cache.h"
 #include "cpu/kernels.h"
 #include "cpu/wrows_gemm.h"
@@ -279,29 +281,13 @@ inline void put_n(T* c, const T* bias, bool add_c, Vec<T> v, int64_t n) {
   store_n(c, has_base ? base + v : v, n);
 }
 
-// One kMR x kNR tile of C (rows [0, mr), columns [0, nc) written) over a block of kc k's, from
-// packed micro-panels a (kc x kMR) and b (kc x kNR): each element's products summed in one
-// chain of FMAs in k order from zero, then put into C (put_n).
+// A tile's sums acc (kMR x kNR) into C: rows [0, mr), columns [0, nc), as TileStart says.
 template <typename T>
-inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
-                         int64_t ldc, int mr, int64_t nc, TileStart start) {
+inline void put_tile(Vec<T> (&acc)[Blocking<T>::kMR][2], T* c, int64_t ldc, int mr, int64_t nc,
+                     TileStart start) {
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::kMR;
   constexpr int64_t kV = V::size();
-  V acc[MR][2];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V(T(0));
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    const V b0 = V::loadu(b + k * 2 * kV);
-    const V b1 = V::loadu(b + k * 2 * kV + kV);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V x(a[k * MR + i]);
-      acc[i][0] = at::vec::fmadd(x, b0, acc[i][0]);
-      acc[i][1] = at::vec::fmadd(x, b1, acc[i][1]);
-    }
-  }
   const T* bias = static_cast<const T*>(start.bias);
   if (mr == MR && nc == 2 * kV && bias == nullptr) {
     if (start.add_c) {
@@ -329,6 +315,32 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   }
 }
 
+// One kMR x kNR tile of C (rows [0, mr), columns [0, nc) written) over a block of kc k's, from
+// packed micro-panels a (kc x kMR) and b (kc x kNR): each element's products summed in one
+// chain of FMAs in k order from zero, then put into C (put_n).
+template <typename T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
+                         int64_t ldc, int mr, int64_t nc, TileStart start) {
+  using V = Vec<T>;
+  constexpr int MR = Blocking<T>::kMR;
+  constexpr int64_t kV = V::size();
+  V acc[MR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V(T(0));
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const V b0 = V::loadu(b + k * 2 * kV);
+    const V b1 = V::loadu(b + k * 2 * kV + kV);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V x(a[k * MR + i]);
+      acc[i][0] = at::vec::fmadd(x, b0, acc[i][0]);
+      acc[i][1] = at::vec::fmadd(x, b1, acc[i][1]);
+    }
+  }
+  put_tile<T>(acc, c, ldc, mr, nc, start);
+}
+
 // S: the element type of A and B (T, or a half type packed into T = float).
 template <typename T, typename S = T>
 struct Problem {
@@ -346,6 +358,57 @@ struct Problem {
 // bits. Below kWRowsMinK its transposed stores cost more than the packing saves.
 constexpr int64_t kWRowsMinK = 64;
 
+#if defined(GRU_NATIVE_BF16_PAIRS)
+// A bfloat16 product on AVX512-BF16 (bf16_pairs.h): the layers and tiles of run_rectangle, its
+// operands packed as words of two bfloat16 (into the float buffers: a word is a float's size),
+// each block's sums taken in pairs by vdpbf16ps.
+void run_rectangle_pairs(const Problem<float, c10::BFloat16>& p, int64_t m0, int64_t m1,
+                         int64_t n0, int64_t n1) {
+  using Bl = Blocking<float>;
+  constexpr int MR = Bl::kMR;
+  constexpr int64_t NR = Bl::kNR, KC = Bl::kKC, MC = Bl::kMC, NC = Bl::kNC;
+  static_assert(NR == pairs::kPairNR && KC % 2 == 0, "a tile of two vectors; blocks of pairs");
+  ThreadBuffers<float>& buf = thread_buffers<float>();
+  const int64_t np_max = (std::min(KC, p.K) + 1) / 2;
+  auto* bp = reinterpret_cast<uint32_t*>(buf.b.get(np_max * ((std::min(NC, n1 - n0) + NR - 1) / NR) * NR));
+  auto* ap = reinterpret_cast<uint32_t*>(buf.a.get(np_max * ((std::min(MC, m1 - m0) + MR - 1) / MR) * MR));
+  struct PackedWords {
+    const uint32_t* a;
+    uint32_t operator()(int i, int64_t kp) const { return a[kp * MR + i]; }
+    uint32_t last(int) const { return 0; }
+  };
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min(NC, n1 - jc);
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc), np = (kc + 1) / 2;
+      pairs::pack_b(kc, nc, p.B.p + pc * p.B.rs + jc * p.B.cs, p.B.rs, p.B.cs, bp);
+      const bool add_c = pc > 0 || p.beta;
+      const float* bias = (pc == 0 && p.bias != nullptr) ? p.bias + jc : nullptr;
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        const int64_t mc = std::min(MC, m1 - ic);
+        pairs::pack_a<MR>(mc, kc, p.A.p + ic * p.A.rs + pc * p.A.cs, p.A.rs, p.A.cs, ap);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const uint32_t* b = bp + (jr / NR) * np * NR;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            __m512 sums[MR][2];
+            pairs::tile<MR>(np, PackedWords{ap + (ir / MR) * np * MR}, false, b, sums);
+            Vec<float> acc[MR][2];
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) {
+              acc[i][0] = sums[i][0];
+              acc[i][1] = sums[i][1];
+            }
+            put_tile<float>(acc, p.C + (ic + ir) * p.ldc + jc + jr, p.ldc,
+                            static_cast<int>(std::min<int64_t>(MR, mc - ir)),
+                            std::min(NR, nc - jr), TileStart{add_c, bias ? bias + jr : nullptr});
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 // Rows [m0, m1) x columns [n0, n1) of C, on the calling thread.
 template <typename T, typename S>
 void run_rectangle(const Problem<T, S>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -354,6 +417,9 @@ void run_rectangle(const Problem<T, S>& p, int64_t m0, int64_t m1, int64_t n0, i
   constexpr int64_t NR = Bl::kNR, KC = Bl::kKC, MC = Bl::kMC, NC = Bl::kNC;
   static_assert(WRowsTiling<T>::kKC == KC, "one K block for both forms");
   if (m0 >= m1 || n0 >= n1) return;
+#if defined(GRU_NATIVE_BF16_PAIRS)
+  if constexpr (std::is_same_v<S, c10::BFloat16>) return run_rectangle_pairs(p, m0, m1, n0, n1);
+#endif
   ThreadBuffers<T>& buf = thread_buffers<T>();
   if constexpr (std::is_same_v<S, T>) {
     if (p.B.rs == 1 && p.A.cs == 1 && m1 - m0 <= kWRowsMaxRows && p.K >= kWRowsMinK) {

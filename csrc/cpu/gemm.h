@@ -4,7 +4,8 @@
 //
 // Every element of C is summed in one order, fixed by K alone (gemm.cpp): its bits do not depend
 // on the thread count, on how C is split over threads, or on the vector width the kernel was
-// compiled for.
+// compiled for (bfloat16 on a CPU with AVX512-BF16 excepted: its sums run over pairs of k,
+// bf16_pairs.h, fixed by K alone too, so still independent of the threads).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,8 @@ namespace gru_native::cpu {
 // C[M, N] = A B + beta * C (+ bias[n] on every row), beta 0 or 1. A(m, k) = A.p[m * A.rs +
 // k * A.cs], B likewise: any strides. Runs on torch's intra-op threads (at::get_num_threads()).
 // T: float, double, or bfloat16 / float16, whose A and B are converted to float as they are
-// packed and whose C is summed in float (as float's is) and rounded to T once.
+// packed (bfloat16 with AVX512-BF16: packed as pairs) and whose C is summed in float and rounded
+// to T once.
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, MatRef<T> A, MatRef<T> B, T beta, T* C, int64_t ldc,
           const T* bias);

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/bf16_pairs.h"
 #include "cpu/dot_gemm.h"
 #include "cpu/packed_gemm.h"
 #include "cpu/qdot.h"
@@ -136,7 +137,20 @@ struct ForwardBuffers {
   std::vector<acc_t> gh;      // [N, 3 * width] h_{t-1} W_hh^T for the slice (no bias)
   std::vector<acc_t> rows;    // [N, H] h_{t-1} in acc_t for the packed product
   std::vector<acc_t> a_panels;  // h_{t-1} packed for the direct form's wrows_run
+#if defined(GRU_NATIVE_BF16_PAIRS)
+  pairs::PairPanels wp;  // bfloat16 layers on AVX512-BF16: wh's columns as words of two k
+#endif
 };
+
+// A bfloat16 layer's packed form on AVX512-BF16: W_hh packed as pairs, h_{t-1} read in place
+// (bf16_pairs.h); elsewhere, and for bfloat16 weights under float activations, float panels.
+template <typename scalar_t, typename w_t>
+constexpr bool kPairsForm =
+#if defined(GRU_NATIVE_BF16_PAIRS)
+    std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<w_t, c10::BFloat16>;
+#else
+    false;
+#endif
 
 // One thread's share of one direction's forward: hidden units [j0, j1) of all three gates.
 template <typename scalar_t, typename w_t>
@@ -158,7 +172,11 @@ struct ForwardSlice {
     if (direct) return;
     const int64_t H = p.H, wd = width();
     const w_t* W = p.w_hh[d] + j0 * H;
-    buf.wh.pack_rows(H, kGates * wd, [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; });
+    auto row = [&](int64_t c) { return W + ((c / wd) * H + c % wd) * H; };
+#if defined(GRU_NATIVE_BF16_PAIRS)
+    if constexpr (kPairsForm<scalar_t, w_t>) return buf.wp.pack_rows(H, kGates * wd, row);
+#endif
+    buf.wh.pack_rows(H, kGates * wd, row);
   }
 
   // int8 weights: share q of Q of the rows of h_{t-1} that step t multiplies, quantized into hq
@@ -210,6 +228,9 @@ struct ForwardSlice {
     } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
       buf.wh.run(M, A, lda, C, ldc, false);
     } else {
+#if defined(GRU_NATIVE_BF16_PAIRS)
+      if constexpr (kPairsForm<scalar_t, w_t>) return buf.wp.run(M, A, lda, C, ldc);
+#endif
       convert_rows(M, H, A, lda, buf.rows.data(), H);
       buf.wh.run(M, buf.rows.data(), H, C, ldc, false);
     }
@@ -436,8 +457,14 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
     int64_t j0, j1;
     slice_bounds(H, i % plan.per_group, plan.per_group, align, j0, j1);
     const int64_t cols = kGates * (j1 - j0);
-    if (!direct) bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
-    if (!direct && !std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
+    if (!direct && kPairsForm<scalar_t, w_t>) {
+#if defined(GRU_NATIVE_BF16_PAIRS)
+      bufs[i].wp.reserve(pairs::PairPanels::size(H, cols));
+#endif
+    } else if (!direct) {
+      bufs[i].wh.reserve(packed_size<acc_t>(H, cols));
+      if (!std::is_same_v<scalar_t, acc_t>) bufs[i].rows.resize(s.N * H);
+    }
     if (direct && !kInt8 && std::is_same_v<scalar_t, acc_t> && s.N >= kWRowsMinRows) {
       bufs[i].a_panels.resize(static_cast<size_t>(wrows_panels_size<acc_t>(s.N, H)));
     }

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/bf16_pairs.h"
 #include "cpu/gemm.h"
 #include "cpu/host_cache.h"
 #include "cpu/kernels.h"
@@ -312,7 +313,12 @@ std::tuple<std::string, std::string, std::string> lowp_paths() {
     return {"converted to float elementwise, float math", "converted to float elementwise, float math",
             qdot_isa()};
   }
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(GRU_NATIVE_BF16_PAIRS)
+  // (the few-row products, and bfloat16 weights under float activations, still convert)
+  const char* bf16 = "-BF16 vdpbf16ps: GEMMs and the recurrence's packed form in pairs of "
+                     "bfloat16; the few-row products converted to float as loaded (vpmovzxwd, "
+                     "vpslld), float FMA";
+#elif defined(CPU_CAPABILITY_AVX512)
   const char* bf16 = ": converted to float as loaded (vpmovzxwd, vpslld), float FMA";
 #else
   const char* bf16 = ": converted to float as loaded (vbroadcasti128, vpshufb), float FMA";
