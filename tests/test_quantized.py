@@ -228,11 +228,14 @@ def test_bits_do_not_depend_on_threads(dtype):
 
 
 @pytest.mark.parametrize("C,H,layers,bi,N", [(7, 20, 1, False, 1), (33, 50, 2, True, 5),
-                                            (16, 64, 1, False, 9), (40, 200, 2, False, 3)],
-                         ids=["H20", "H50-2L-bi", "H64-N9", "H200-2L"])
+                                            (16, 64, 1, False, 9), (40, 200, 2, False, 3)]
+                         + [(70, 40, 1, False, n) for n in (2, 4, 7, 11, 12, 13, 25)],
+                         ids=["H20", "H50-2L-bi", "H64-N9", "H200-2L"]
+                         + [f"H40-N{n}" for n in (2, 4, 7, 11, 12, 13, 25)])
 def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
     # Eager calls read the int8 weights in panels (csrc/cpu/qdot.h), traced and dispatched ones
-    # read the buffers' rows in place: the same exact sums, the same bits.
+    # read the buffers' rows in place: the same exact sums, the same bits. (H40: panels with
+    # padded rows; N and the projection's 6 N rows: every tile height of either form.)
     q = quantize(_float_gru(C, H, layers, bi))
     x = torch.randn(6, N, C)
     weights, scales, panels = q._direct_args()
@@ -246,17 +249,23 @@ def test_panels_and_rows_give_the_same_bits(C, H, layers, bi, N):
     assert torch.equal(q(x)[0], with_panels[0])
 
 
+# The panels' form: broadcast (rows interleaved per 4 k, 16 a panel) where the int8 products run
+# on AVX512-VNNI, dot (per 32 k, 8 a panel) elsewhere.
+BROADCAST_PANELS = gru_native.build_info()["cpu_lowp_paths"]["int8"] == "AVX512-VNNI vpdpbusd"
+
+
 @pytest.mark.parametrize("H,K", [(1, 1), (8, 32), (20, 7), (24, 33), (13, 70)])
 def test_int8_panels_are_the_documented_layout(H, K):
-    # csrc/cpu/qdot.h: per gate, H rows padded with zero rows to a multiple of 8 and K with
-    # zeros to a multiple of 32, element k of row c at
-    # (c // 8) * 8 * Kp + (k // 32) * 8 * 32 + (c % 8) * 32 + k % 32, each byte w XOR 0x80
-    # (w + 128 as an unsigned byte; a padding zero is 0x80).
+    # csrc/cpu/qdot.h: per gate, H rows padded with zero rows to a multiple of R (rows a panel)
+    # and K with zeros to a multiple of 32, element k of row c at
+    # (c // R) * R * Kp + (k // G) * R * G + (c % R) * G + k % G, each byte w XOR 0x80 (w + 128
+    # as an unsigned byte; a padding zero is 0x80); R, G = 16, 4 (broadcast form), 8, 32 (dot).
+    R, G = (16, 4) if BROADCAST_PANELS else (8, 32)
     w = torch.randint(-128, 128, (3 * H, K), dtype=torch.int8)
-    Hp, Kp = -(-H // 8) * 8, -(-K // 32) * 32
+    Hp, Kp = -(-H // R) * R, -(-K // 32) * 32
     want = torch.zeros((3, Hp, Kp), dtype=torch.int8)
     want[:, :H, :K] = w.view(3, H, K)
-    want = want.view(3, Hp // 8, 8, Kp // 32, 32).permute(0, 1, 3, 2, 4).reshape(-1)
+    want = want.view(3, Hp // R, R, Kp // G, G).permute(0, 1, 3, 2, 4).reshape(-1)
     want = want.bitwise_xor(torch.tensor(-128, dtype=torch.int8))
     assert torch.equal(gru_native._C.int8_panels(w), want)
     assert torch.equal(gru_native._C.int8_panels(w.t().contiguous().t()), want)  # any strides

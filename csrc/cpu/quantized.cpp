@@ -39,7 +39,8 @@ void project_int8(const QuantizedView& X, int64_t H, const int8_t* W, bool panel
   const int64_t K = X.K;
   // Whole panels of W, about kWeightBlockBytes of them.
   const int64_t w_rows =
-      std::max<int64_t>(kPanel, kWeightBlockBytes / std::max<int64_t>(K, 1) / kPanel * kPanel);
+      std::max<int64_t>(kPanelRows,
+                        kWeightBlockBytes / std::max<int64_t>(K, 1) / kPanelRows * kPanelRows);
   const int64_t w_blocks = (H + w_rows - 1) / w_rows;
   const int64_t x_blocks = (X.M + kRowBlock - 1) / kRowBlock;
   const int64_t items = kGates * w_blocks * x_blocks;
