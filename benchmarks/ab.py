@@ -16,7 +16,8 @@ step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried
 --cases rows, products of 16-48 rows (GRUCell and GRU at T=1, N 16-48, H 256 and 1024; GRU at
 T=2, 4 with N=8); with --cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
 shapes, nn.GRU in float32 as the control; with --cases bf16, the canonical shapes from small up in
-bfloat16 (model.to(torch.bfloat16)), inference and training, nn.GRU in bfloat16 as the control.
+bfloat16 (model.to(torch.bfloat16)), inference and training, and GRUCell and GRU at T=1 (N 1, 8 x
+H 256, 1024) from a carried state, nn.GRU in bfloat16 as the control.
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ def cases(groups):
             for mode in ("inference", "training"):
                 out.append(dict(name=f"bf16 {name}", kind="gru", T=T, N=N, C=C, H=H, L=L, bi=bi,
                                 mode=mode, h0=False, dtype="bfloat16"))
+        for kind in ("cell", "gru"):  # step-wise, from a carried state
+            for N in (1, 8):
+                for H in (256, 1024):
+                    out.append(dict(name=f"bf16 {kind} N={N} H={H}" + (" T=1" if kind == "gru"
+                                                                        else ""),
+                                    kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False,
+                                    mode="inference", h0=True, dtype="bfloat16"))
     if "lowp" in groups:
         for quant in ("int8", "bf16"):
             for name, T, N, C, H, L, bi in LOWP:

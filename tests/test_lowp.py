@@ -143,13 +143,14 @@ def test_half_types_both_forward_forms(monkeypatch, dtype, form):
 @pytest.mark.parametrize("H", [301, 256, 33], ids=lambda h: f"H{h}")
 def test_bf16_recurrence_blocks_and_tails(monkeypatch, form, H):
     # bfloat16 recurrence at sizes that exercise every edge of its products: K blocks of 256 with
-    # an odd last one (301: the pair path's last k alone), rows past a tile of 12 (13, 25), an
-    # odd input width (the input projection's pairs), both directions; within k of nn.GRU
-    # bfloat16's error against float64, output and h_n.
+    # an odd last one (301: the pair path's last k alone), rows past a tile of 12 (13, 25) and
+    # every tile height of the dot products (1-4 rows: N 2, 3, 13), a partial last vector of k
+    # (45, 301, 33), an odd input width (the input projection's pairs), both directions; within
+    # k of nn.GRU bfloat16's error against float64, output and h_n.
     monkeypatch.setenv("GRU_NATIVE_CPU_RECURRENCE", form)
     ref64, ref, ours = _trio(45, H, 1, True, True, False, torch.bfloat16, seed=3)
     torch.manual_seed(4)
-    for N in (13, 25):
+    for N in (2, 3, 13, 25):
         x = torch.randn(7, N, 45, dtype=torch.float64)
         h0 = torch.randn(2, N, H, dtype=torch.float64) * 0.5
         with torch.no_grad():

@@ -265,6 +265,76 @@ struct PairPanels {
   }
 };
 
+// The dot products of a few rows, C[m, c] = sum_k A[m * lda + k] * W[c * ldw + k] for m < M,
+// c < Nc (Out: float, or bfloat16 rounded once from the float sum): both read in place, 32 k a
+// vector, pairs summed by vdpbf16ps into 16 float lanes an output, a masked last vector, the
+// lanes summed at the end (_mm512_reduce_add_ps); the same chain for every output whatever the
+// tiling, so the bits are fixed by K. Tiles of RB rows of A x CB rows of W (the products of a
+// step of a small batch: W's rows stream once per tile of rows of A).
+template <int RB, int CB, typename Out>
+__attribute__((noinline)) void dot_tile(int64_t K, const c10::BFloat16* a, int64_t lda,
+                                        const c10::BFloat16* w, int64_t ldw, Out* c,
+                                        int64_t ldc) {
+  __m512 acc[RB][CB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  auto chunk = [&](int64_t k, __mmask32 mask) {
+    __m512i av[RB];
+#pragma GCC unroll 8
+    for (int i = 0; i < RB; ++i) av[i] = _mm512_maskz_loadu_epi16(mask, a + i * lda + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, w + j * ldw + k);
+#pragma GCC unroll 8
+      for (int i = 0; i < RB; ++i) {
+        acc[i][j] = dot_pairs(acc[i][j], av[i], wv);
+        __asm__("" : "+v"(acc[i][j]));  // each sum in its register (no rotation, no spill)
+      }
+    }
+  };
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) chunk(k, ~__mmask32(0));
+  if (k < K) chunk(k, static_cast<__mmask32>((uint64_t(1) << (K - k)) - 1));
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j) c[i * ldc + j] = static_cast<Out>(_mm512_reduce_add_ps(acc[i][j]));
+  }
+}
+
+template <int RB, int CB, typename Out>
+void dot_rows_tiled(int64_t M, const c10::BFloat16* a, int64_t lda, int64_t Nc, int64_t K,
+                    const c10::BFloat16* w, int64_t ldw, Out* C, int64_t ldc) {
+  int64_t c0 = 0;
+  for (; c0 + CB <= Nc; c0 += CB) {
+    int64_t m = 0;
+    for (; m + RB <= M; m += RB) {
+      dot_tile<RB, CB>(K, a + m * lda, lda, w + c0 * ldw, ldw, C + m * ldc + c0, ldc);
+    }
+    for (; m < M; ++m) dot_tile<1, CB>(K, a + m * lda, lda, w + c0 * ldw, ldw, C + m * ldc + c0, ldc);
+  }
+  for (; c0 < Nc; ++c0) {
+    int64_t m = 0;
+    for (; m + RB <= M; m += RB) {
+      dot_tile<RB, 1>(K, a + m * lda, lda, w + c0 * ldw, ldw, C + m * ldc + c0, ldc);
+    }
+    for (; m < M; ++m) dot_tile<1, 1>(K, a + m * lda, lda, w + c0 * ldw, ldw, C + m * ldc + c0, ldc);
+  }
+}
+
+template <typename Out>
+void dot_rows(int64_t M, const c10::BFloat16* a, int64_t lda, int64_t Nc, int64_t K,
+              const c10::BFloat16* w, int64_t ldw, Out* C, int64_t ldc) {
+  if (M <= 0 || Nc <= 0) return;
+  if (M == 1) return dot_rows_tiled<1, 8>(M, a, lda, Nc, K, w, ldw, C, ldc);
+  if (M == 2) return dot_rows_tiled<2, 6>(M, a, lda, Nc, K, w, ldw, C, ldc);
+  if (M == 3) return dot_rows_tiled<3, 4>(M, a, lda, Nc, K, w, ldw, C, ldc);
+  dot_rows_tiled<4, 4>(M, a, lda, Nc, K, w, ldw, C, ldc);
+}
+
 }  // namespace pairs
 }  // namespace gru_native::cpu
 

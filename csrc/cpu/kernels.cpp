@@ -97,6 +97,11 @@ template <typename A, typename W, typename Out>
 void dot_rows_converted(int64_t M, const A* a, int64_t lda, int64_t Nc, int64_t K, const W* w,
                         int64_t ldw, Out* C, int64_t ldc) {
   using T = Math<W>;
+#if defined(GRU_NATIVE_BF16_PAIRS)
+  if constexpr (std::is_same_v<A, c10::BFloat16> && std::is_same_v<W, c10::BFloat16>) {
+    return pairs::dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);  // bf16_pairs.h
+  }
+#endif
   if constexpr (std::is_same_v<W, T>) {
     dot_rows(M, a, lda, Nc, K, w, ldw, C, ldc);
   } else {
