@@ -10,8 +10,11 @@
 // the split of C over them or the tiling. They differ from the converting path's (pairs, and
 // vdpbf16ps takes bfloat16 denormals as zero and flushes denormal sums).
 //
-// Used by gemm.cpp (packed A and B) and by the CPU recurrence (PairPanels, below: W_hh packed
-// once per call, h_{t-1} read in place from the layer output). Included after cpu/vec.h.
+// Used by gemm.cpp (packed A and B), by the CPU recurrence (PairPanels, below: W_hh packed once
+// per call, h_{t-1} read in place from the layer output) and for the products of a few rows
+// (dot_rows, below: both operands read in place). Only where both operands are bfloat16 (a
+// bfloat16 module): bfloat16 weights under float activations (quantize) keep the converting
+// path, which does not round the activations. Included after cpu/vec.h.
 #pragma once
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)

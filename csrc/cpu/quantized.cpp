@@ -315,10 +315,9 @@ std::tuple<std::string, std::string, std::string> lowp_paths() {
             qdot_isa()};
   }
 #if defined(GRU_NATIVE_BF16_PAIRS)
-  // (the few-row products, and bfloat16 weights under float activations, still convert)
-  const char* bf16 = "-BF16 vdpbf16ps: GEMMs and the recurrence's packed form in pairs of "
-                     "bfloat16; the few-row products converted to float as loaded (vpmovzxwd, "
-                     "vpslld), float FMA";
+  const char* bf16 = "-BF16 vdpbf16ps: the forward's products and the GEMMs in pairs of "
+                     "bfloat16 (the backward's recurrence, and bfloat16 weights under float "
+                     "activations: converted to float as loaded (vpmovzxwd, vpslld), float FMA)";
 #elif defined(CPU_CAPABILITY_AVX512)
   const char* bf16 = ": converted to float as loaded (vpmovzxwd, vpslld), float FMA";
 #else
