@@ -19,8 +19,9 @@
 // vectors along k, each accumulator one output, summed horizontally at the end. The broadcast
 // form (AVX512-VNNI builds, weights as panels of 16 rows interleaved per 4 k): 4 bytes of a row
 // of activations broadcast against a vector of 16 outputs x 4 k, each int32 lane one output, no
-// horizontal sums, 12 rows x 32 outputs a tile; on the AVX512 Zen 4 the recurrent product
-// (64 rows, H 1024) runs 1.7x as fast as the dot form's (150 against 90 GMAC/s, one core).
+// horizontal sums, 12 rows x 32 outputs a tile; on the AVX512 Zen 4 a GRU's recurrence at
+// N = 64, H = 1024 (products and gates) runs 1.7x as fast as with the dot form (150 against 90
+// GMAC/s, one core; benchmarks/NOTES.md section 12).
 // The lanes are added per block of kQuantBlockK k, the blocks in double. Being exact, a sum does
 // not depend on the order, the tiling, the weights' layout (rows as stored, or panels of kPanel
 // rows read as one stream: Int8Weights) or the threads.
