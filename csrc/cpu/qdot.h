@@ -531,13 +531,14 @@ void qdot_layout(const QuantizedView& A, int64_t Nc, const Int8Weights& W, const
 // 4 bytes of each row broadcast: MR x NP vpdpbusd into int32 lanes, one column a lane, so no
 // horizontal sums. The same exact sums as the dot form (per block of kQuantBlockK k in int32,
 // the blocks in double) and the same float operations after, so the same bits.
-// lanes[(i * NP + p) * 16 + l] = the int32 sum over k in [k0, k1) of row i of A and column l of
-// panel p (k1 - k0 <= kQuantBlockK: exact).
+// acc[i][p] lane l = the int32 sum over k in [k0, k1) of row i of A and column l of panel p
+// (k1 - k0 <= kQuantBlockK: exact). Inlined into one place in each caller, whose acc then stays
+// in registers.
 template <int MR, int NP>
-__attribute__((noinline)) void qdot_broadcast_sums(int64_t k0, int64_t k1, const int8_t* a,
-                                                   int64_t lda, const int8_t* b, int64_t stride,
-                                                   int32_t* lanes) {
-  __m512i acc[MR][NP];
+__attribute__((always_inline)) inline void qdot_broadcast_loop(int64_t k0, int64_t k1,
+                                                               const int8_t* a, int64_t lda,
+                                                               const int8_t* b, int64_t stride,
+                                                               __m512i (&acc)[MR][NP]) {
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
@@ -561,6 +562,15 @@ __attribute__((noinline)) void qdot_broadcast_sums(int64_t k0, int64_t k1, const
       }
     }
   }
+}
+
+// One block of K, the sums stored: lanes[(i * NP + p) * 16 + l] (the multi-block path).
+template <int MR, int NP>
+__attribute__((noinline)) void qdot_broadcast_sums(int64_t k0, int64_t k1, const int8_t* a,
+                                                   int64_t lda, const int8_t* b, int64_t stride,
+                                                   int32_t* lanes) {
+  __m512i acc[MR][NP];
+  qdot_broadcast_loop<MR, NP>(k0, k1, a, lda, b, stride, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
@@ -568,49 +578,78 @@ __attribute__((noinline)) void qdot_broadcast_sums(int64_t k0, int64_t k1, const
   }
 }
 
+// out[i * ldo + p * 16 + l] = float(sums) * (sa[i] * sw[p * 16 + l]) for columns < nc, from
+// sums as float vectors (the one float multiply order of every form).
+template <int MR, int NP>
+__attribute__((always_inline)) inline void qdot_broadcast_store(const __m512 (&sums)[MR][NP],
+                                                                const float* sa, const float* sw,
+                                                                float* out, int64_t ldo,
+                                                                int64_t nc) {
+  __mmask16 mask[NP];
+  __m512 scale_w[NP];
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const int64_t n = std::clamp<int64_t>(nc - p * 16, 0, 16);
+    mask[p] = static_cast<__mmask16>((1u << n) - 1);
+    scale_w[p] = _mm512_maskz_loadu_ps(mask[p], sw + p * 16);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    const __m512 row_scale = _mm512_set1_ps(sa[i]);
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      _mm512_mask_storeu_ps(out + i * ldo + p * 16, mask[p],
+                            _mm512_mul_ps(sums[i][p], _mm512_mul_ps(row_scale, scale_w[p])));
+    }
+  }
+}
+
+// The tile of one block of K (Kp <= kQuantBlockK): from the accumulators' registers to C.
+template <int MR, int NP>
+__attribute__((noinline)) void qdot_broadcast_one(int64_t Kp, const int8_t* a, int64_t lda,
+                                                  const float* sa, const int32_t* asum,
+                                                  const int8_t* b, const float* sw, float* out,
+                                                  int64_t ldo, int64_t nc) {
+  __m512i acc[MR][NP];
+  qdot_broadcast_loop<MR, NP>(0, Kp, a, lda, b, Kp * kPanelRows, acc);
+  __m512 sums[MR][NP];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    const __m512i offset = _mm512_set1_epi32(kWeightOffset * asum[i]);
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      sums[i][p] = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][p], offset));
+    }
+  }
+  qdot_broadcast_store<MR, NP>(sums, sa, sw, out, ldo, nc);
+}
+
 template <int MR, int NP>
 void qdot_broadcast_tile(int64_t Kp, const int8_t* a, int64_t lda, const float* sa,
                          const int32_t* asum, const int8_t* b, const float* sw, float* out,
                          int64_t ldo, int64_t nc) {
+  if (Kp <= kQuantBlockK) return qdot_broadcast_one<MR, NP>(Kp, a, lda, sa, asum, b, sw, out, ldo, nc);
+  // Blocks of kQuantBlockK k, added in double (exact), the offset taken off there: 128 *
+  // sum(q) may pass 2^31 for such K.
   const int64_t stride = Kp * kPanelRows;
+  __m512 sums[MR][NP];
   alignas(64) int32_t lanes[MR * NP * 16];
-  alignas(64) float sums[MR * NP * 16];
-  if (Kp <= kQuantBlockK) {
-    qdot_broadcast_sums<MR, NP>(0, Kp, a, lda, b, stride, lanes);
-    for (int i = 0; i < MR; ++i) {
-      const __m512i offset = _mm512_set1_epi32(kWeightOffset * asum[i]);
-      for (int p = 0; p < NP; ++p) {
-        const int64_t at = (i * NP + p) * 16;
-        _mm512_store_ps(sums + at, _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                                       _mm512_load_si512(lanes + at), offset)));
-      }
-    }
-  } else {
-    // Blocks of kQuantBlockK k, added in double (exact), the offset taken off there: 128 *
-    // sum(q) may pass 2^31 for such K.
-    std::vector<double> total(MR * NP * 16, 0.0);
-    for (int64_t k0 = 0; k0 < Kp; k0 += kQuantBlockK) {
-      qdot_broadcast_sums<MR, NP>(k0, std::min(Kp, k0 + kQuantBlockK), a, lda, b, stride, lanes);
-      for (int l = 0; l < MR * NP * 16; ++l) total[l] += lanes[l];
-    }
-    for (int i = 0; i < MR; ++i) {
-      const double offset = double(kWeightOffset) * asum[i];
-      for (int l = 0; l < NP * 16; ++l) {
-        sums[i * NP * 16 + l] = static_cast<float>(total[i * NP * 16 + l] - offset);
-      }
-    }
+  std::vector<double> total(MR * NP * 16, 0.0);
+  for (int64_t k0 = 0; k0 < Kp; k0 += kQuantBlockK) {
+    qdot_broadcast_sums<MR, NP>(k0, std::min(Kp, k0 + kQuantBlockK), a, lda, b, stride, lanes);
+    for (int l = 0; l < MR * NP * 16; ++l) total[l] += lanes[l];
   }
   for (int i = 0; i < MR; ++i) {
-    const __m512 row_scale = _mm512_set1_ps(sa[i]);
+    const double offset = double(kWeightOffset) * asum[i];
     for (int p = 0; p < NP; ++p) {
-      const int64_t n = std::clamp<int64_t>(nc - p * 16, 0, 16);
-      if (n == 0) break;
-      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-      const __m512 scale = _mm512_mul_ps(row_scale, _mm512_maskz_loadu_ps(mask, sw + p * 16));
-      _mm512_mask_storeu_ps(out + i * ldo + p * 16, mask,
-                            _mm512_mul_ps(_mm512_load_ps(sums + (i * NP + p) * 16), scale));
+      alignas(64) float row[16];
+      for (int l = 0; l < 16; ++l) {
+        row[l] = static_cast<float>(total[(i * NP + p) * 16 + l] - offset);
+      }
+      sums[i][p] = _mm512_load_ps(row);
     }
   }
+  qdot_broadcast_store<MR, NP>(sums, sa, sw, out, ldo, nc);
 }
 
 // Rows [0, MR) of A against the panels [0, panels) of W: tiles of NP panels, then single panels.
