@@ -108,6 +108,33 @@ void pack_a(int64_t mc, int64_t kc, const c10::BFloat16* A, int64_t rs, int64_t 
   }
 }
 
+// Columns [nr, kPairNR) of a panel of np words a column: zero.
+inline void zero_past(int64_t np, int64_t nr, uint32_t* panel) {
+  for (int64_t kp = 0; kp < np; ++kp) {
+    for (int64_t c = nr; c < kPairNR; ++c) panel[kp * kPairNR + c] = 0;
+  }
+}
+
+// One panel from nr <= kPairNR columns whose K elements run contiguously (column c at col(c)):
+// panel[kp * kPairNR + c] = the word of col(c)[2kp], col(c)[2kp + 1] (an odd K's last alone),
+// read in place a cache line of each column at a time; zero past nr.
+template <typename Col>
+inline void pack_columns(int64_t K, int64_t nr, const Col& col, uint32_t* panel) {
+  const int64_t np = (K + 1) / 2, whole = K / 2;
+  constexpr int64_t kLine = 16;  // words in 64 bytes
+  for (int64_t p0 = 0; p0 < whole; p0 += kLine) {
+    const int64_t p1 = std::min(whole, p0 + kLine);
+    for (int64_t c = 0; c < nr; ++c) {
+      const c10::BFloat16* src = col(c);
+      for (int64_t kp = p0; kp < p1; ++kp) panel[kp * kPairNR + c] = word(src + 2 * kp);
+    }
+  }
+  if (whole < np) {
+    for (int64_t c = 0; c < nr; ++c) panel[whole * kPairNR + c] = low_word(col(c) + K - 1);
+  }
+  zero_past(np, nr, panel);
+}
+
 // Rows (k) [0, kc) x columns [0, nc) of a bfloat16 B (B(k, c) = B[k * rs + c * cs]) into panels
 // of kPairNR columns: panel q holds dst[q * ceil(kc / 2) * kPairNR + kp * kPairNR + c] = the word
 // of B(2kp, q kPairNR + c) and B(2kp + 1, ...), zero past nc and kc.
@@ -117,30 +144,19 @@ inline void pack_b(int64_t kc, int64_t nc, const c10::BFloat16* B, int64_t rs, i
   for (int64_t n0 = 0; n0 < nc; n0 += kPairNR, dst += np * kPairNR) {
     const int64_t nr = std::min(kPairNR, nc - n0);
     const c10::BFloat16* b = B + n0 * cs;
-    if (rs == 1) {
-      // Column c is contiguous along k (B is a row-major matrix transposed): its words read in
-      // place, a cache line of each of the panel's columns at a time.
-      constexpr int64_t kLine = 16;  // words in 64 bytes
-      for (int64_t p0 = 0; p0 < whole; p0 += kLine) {
-        const int64_t p1 = std::min(whole, p0 + kLine);
-        for (int64_t c = 0; c < nr; ++c) {
-          const c10::BFloat16* col = b + c * cs;
-          for (int64_t kp = p0; kp < p1; ++kp) dst[kp * kPairNR + c] = word(col + 2 * kp);
-        }
-      }
-    } else {
-      for (int64_t kp = 0; kp < whole; ++kp) {
-        for (int64_t c = 0; c < nr; ++c) {
-          dst[kp * kPairNR + c] = make_word(b[2 * kp * rs + c * cs], b[(2 * kp + 1) * rs + c * cs]);
-        }
+    if (rs == 1) {  // B is a row-major matrix transposed: its columns contiguous
+      pack_columns(kc, nr, [&](int64_t c) { return b + c * cs; }, dst);
+      continue;
+    }
+    for (int64_t kp = 0; kp < whole; ++kp) {
+      for (int64_t c = 0; c < nr; ++c) {
+        dst[kp * kPairNR + c] = make_word(b[2 * kp * rs + c * cs], b[(2 * kp + 1) * rs + c * cs]);
       }
     }
     if (whole < np) {
       for (int64_t c = 0; c < nr; ++c) dst[whole * kPairNR + c] = low_word(b + 2 * whole * rs + c * cs);
     }
-    for (int64_t kp = 0; kp < np; ++kp) {
-      for (int64_t c = nr; c < kPairNR; ++c) dst[kp * kPairNR + c] = 0;
-    }
+    zero_past(np, nr, dst);
   }
 }
 
@@ -175,25 +191,9 @@ struct PairPanels {
     reserve(size(K, Nc));
     const int64_t np = (K + 1) / 2;
     for (int64_t p = 0; p < panels(); ++p) {
-      const int64_t c0 = p * kPairNR, nc = std::min(kPairNR, Nc - c0);
-      // A row's words go kPairNR apart: a column of the panel, written a cache line of each row
-      // at a time as pairs::pack_b does.
-      uint32_t* panel = data_ + p * np * kPairNR;
-      constexpr int64_t kLine = 16;
-      const int64_t whole = K / 2;
-      for (int64_t p0 = 0; p0 < whole; p0 += kLine) {
-        const int64_t p1 = std::min(whole, p0 + kLine);
-        for (int64_t c = 0; c < nc; ++c) {
-          const c10::BFloat16* src = row(c0 + c);
-          for (int64_t kp = p0; kp < p1; ++kp) panel[kp * kPairNR + c] = word(src + 2 * kp);
-        }
-      }
-      if (whole < np) {
-        for (int64_t c = 0; c < nc; ++c) panel[whole * kPairNR + c] = low_word(row(c0 + c) + K - 1);
-      }
-      for (int64_t kp = 0; kp < np; ++kp) {
-        for (int64_t c = nc; c < kPairNR; ++c) panel[kp * kPairNR + c] = 0;
-      }
+      const int64_t c0 = p * kPairNR;
+      pack_columns(K, std::min(kPairNR, Nc - c0), [&](int64_t c) { return row(c0 + c); },
+                   data_ + p * np * kPairNR);
     }
   }
 
