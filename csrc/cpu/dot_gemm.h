@@ -36,28 +36,6 @@ struct DotTiling {
   static constexpr int64_t kMChunk = 64;  // rows of A whose accumulators `part` holds
 };
 
-// v, held in a register from here on: the compiler may no longer fold its load into each FMA
-// that uses it (a load per FMA: with RB rows of A, RB loads of each vector of W). Where a tile
-// reads each vector of W for two rows or more this takes the loads from 14 to 8 per step (2 x 6
-// tile): 1.05-1.25x on products whose W is in L2 (benchmarks/NOTES.md section 10).
-template <typename V>
-inline V in_register(V v) {
-  // "v": any vector register the target has (xmm/ymm/zmm 0-15, or 0-31 with AVX-512).
-  [[maybe_unused]] const auto pin = [](auto raw) {
-    __asm__("" : "+v"(raw));
-    return raw;
-  };
-  using T [[maybe_unused]] = typename V::value_type;
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m512>(v)));
-  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m512d>(v)));
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m256>(v)));
-  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m256d>(v)));
-#endif
-  return v;
-}
-
 // Over k in [k0, k1) (k0 a multiple of the vector width), for i < RB, j < CB: the accumulator
 // of dot(a + i * lda, w + j * ldw) continues from part[i * ldp + j] (from zero at k0 == 0);
 // at k1 == K it is summed horizontally into out[i * ldo + j], else saved back to part.
@@ -68,7 +46,7 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
   static_assert(std::is_same_v<T, Math<W>>, "one math type");
   using V = Vec<T>;
   constexpr int64_t kV = V::size();
-  V acc[RB][CB];
+  Raw<T> acc[RB][CB];  // (the register type: see Raw)
 #pragma GCC unroll 8
   for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
@@ -91,7 +69,7 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
       V wv = load(wp[j]);
       if constexpr (RB > 1) wv = in_register(wv);
 #pragma GCC unroll 8
-      for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, acc[i][j]);
+      for (int i = 0; i < RB; ++i) acc[i][j] = at::vec::fmadd(av[i], wv, V(acc[i][j]));
     }
   };
   int64_t k = k0;
@@ -101,7 +79,7 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
 #pragma GCC unroll 8
     for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
-      for (int j = 0; j < CB; ++j) part[i * ldp + j] = acc[i][j];
+      for (int j = 0; j < CB; ++j) part[i * ldp + j] = V(acc[i][j]);
     }
     return;
   }
@@ -110,7 +88,7 @@ inline void dot_tile(int64_t k0, int64_t k1, int64_t K, const A* a, int64_t lda,
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) {
       out[i * ldo + j] = static_cast<Out>(
-          at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[i][j]));
+          at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, V(acc[i][j])));
     }
   }
 }

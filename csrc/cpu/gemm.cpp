@@ -324,7 +324,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::kMR;
   constexpr int64_t kV = V::size();
-  V acc[MR][2];
+  Raw<T> acc[MR][2];  // (not V: see Raw)
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V(T(0));
 #pragma GCC unroll 4
@@ -334,11 +334,17 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V x(a[k * MR + i]);
-      acc[i][0] = at::vec::fmadd(x, b0, acc[i][0]);
-      acc[i][1] = at::vec::fmadd(x, b1, acc[i][1]);
+      acc[i][0] = at::vec::fmadd(x, b0, V(acc[i][0]));
+      acc[i][1] = at::vec::fmadd(x, b1, V(acc[i][1]));
     }
   }
-  put_tile<T>(acc, c, ldc, mr, nc, start);
+  V out[MR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    out[i][0] = acc[i][0];
+    out[i][1] = acc[i][1];
+  }
+  put_tile<T>(out, c, ldc, mr, nc, start);
 }
 
 // S: the element type of A and B (T, or a half type packed into T = float).

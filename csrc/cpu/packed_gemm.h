@@ -238,12 +238,13 @@ struct PackedGemm {
   }
 
   // One MR x (NP * kNR) tile (NP panels side by side) over kc steps of K. Every loop over the
-  // accumulators is fully unrolled, so they stay in registers (GCC spills an array of
-  // Vectorized indexed by a rolled loop at every k).
+  // accumulators is fully unrolled and they are of the register type (Raw, vec.h), so they stay
+  // in registers (GCC spills an array of Vectorized indexed by a rolled loop at every k, and an
+  // array of Vectorized at all on AVX-512).
   template <int MR, int NP>
   static inline void tile(int64_t kc, const T* a, int64_t lda, const T* b, int64_t panel_stride,
                           int64_t ldb, T* c, int64_t ldc, int64_t nc, bool accumulate) {
-    V acc[MR][2 * NP];
+    Raw<T> acc[MR][2 * NP];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 16
@@ -260,7 +261,7 @@ struct PackedGemm {
       for (int i = 0; i < MR; ++i) {
         const V x(a[i * lda + k]);
 #pragma GCC unroll 16
-        for (int v = 0; v < 2 * NP; ++v) acc[i][v] = at::vec::fmadd(x, bv[v], acc[i][v]);
+        for (int v = 0; v < 2 * NP; ++v) acc[i][v] = at::vec::fmadd(x, bv[v], V(acc[i][v]));
       }
     };
     if constexpr (MR == kMR && NP == 1) {
@@ -275,7 +276,7 @@ struct PackedGemm {
 #pragma GCC unroll 16
       for (int p = 0; p < NP; ++p) {
         const int64_t ncp = std::min(kNR, nc - p * kNR);
-        if (ncp > 0) store_row(c + i * ldc + p * kNR, acc[i][2 * p], acc[i][2 * p + 1], ncp,
+        if (ncp > 0) store_row(c + i * ldc + p * kNR, V(acc[i][2 * p]), V(acc[i][2 * p + 1]), ncp,
                                accumulate);
       }
     }

@@ -339,5 +339,58 @@ inline Vec<Math<T>> load_first(const T* p, int64_t n) {
   }
 }
 
+// The register type under at::vec's vector of T (__m512 under Vectorized<float> with AVX-512), or
+// the class itself where there is none. A microkernel's array of accumulators is declared in it:
+// GCC 12 keeps an array of the class in memory, storing every accumulator to the stack after each
+// FMA (the float GEMM's 12 x 2 tile: 24 stores per 24 FMAs, 0.84x MKL's rate on a Zen 4), where
+// an array of the register type stays in registers.
+template <typename T>
+struct RawVec {
+  using type = Vec<T>;
+};
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+struct RawVec<float> {
+  using type = __m512;
+};
+template <>
+struct RawVec<double> {
+  using type = __m512d;
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+struct RawVec<float> {
+  using type = __m256;
+};
+template <>
+struct RawVec<double> {
+  using type = __m256d;
+};
+#endif
+template <typename T>
+using Raw = typename RawVec<T>::type;
+
+// v, held in a register from here on: the compiler may no longer fold its load into each FMA
+// that uses it (a load per FMA: with RB rows of A, RB loads of each vector of W). Where a tile
+// reads each vector of W for two rows or more this takes the loads from 14 to 8 per step (2 x 6
+// tile): 1.05-1.25x on products whose W is in L2 (benchmarks/NOTES.md section 10).
+template <typename V>
+inline V in_register(V v) {
+  // "v": any vector register the target has (xmm/ymm/zmm 0-15, or 0-31 with AVX-512).
+  [[maybe_unused]] const auto pin = [](auto raw) {
+    __asm__("" : "+v"(raw));
+    return raw;
+  };
+  using T [[maybe_unused]] = typename V::value_type;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m512>(v)));
+  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m512d>(v)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m256>(v)));
+  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m256d>(v)));
+#endif
+  return v;
+}
+
 }  // namespace
 }  // namespace gru_native::cpu
