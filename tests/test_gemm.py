@@ -103,14 +103,15 @@ def test_gemm_bits_do_not_depend_on_threads(shape, threads):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("accumulate, bias", [(False, False), (False, True), (True, False),
                                               (True, True)], ids=["plain", "bias", "beta", "both"])
-@pytest.mark.parametrize("M, N, K", [(16, 45, 64), (33, 100, 300), (47, 96, 513),
-                                     (64, 384, 1024), (64, 7, 256)],
+@pytest.mark.parametrize("M, N, K", [(16, 45, 64), (24, 64, 300), (33, 100, 300), (40, 45, 513),
+                                     (47, 96, 513), (64, 384, 1024), (64, 7, 256)],
                          ids=lambda v: str(v))
 def test_rows_read_in_place_give_the_packed_bits(M, N, K, accumulate, bias, dtype):
     """Up to 64 rows times a transposed row-major matrix (x W^T) read W's rows in place
     (wrows_gemm.h) instead of packing them: the same sums in the same order, so the rows of a
-    larger product, which packs, bit for bit (tile edges of 6 rows of W and 2 vectors of rows of
-    A, one or several blocks of K, beta and bias)."""
+    larger product, which packs, bit for bit (tile edges of 6 rows of W, panels of 2 vectors of
+    rows of A and a last one of 1 vector where it holds the rest: 16, 33, 40 and 47 rows with
+    AVX-512, 24, 33 and 40 with AVX2; one or several blocks of K, beta and bias)."""
     torch.manual_seed(0)
     big = 200
     a, b = torch.randn(big, K, dtype=dtype), torch.randn(N, K, dtype=dtype).t()
