@@ -419,13 +419,21 @@ thread_local ThreadPlanRecord last_plans;
 // direct form is the packed form's arithmetic (the same bits) without the packing (wrows_gemm.h),
 // and measured as fast or faster whatever the steps from H = 256 on: 1.0-1.7x at T = 1-16 and
 // N = 16-64 (H = 256 and 1024), 0.99-1.04x at T = 100-200 with H = 256-512, 1.12x at T = 50, N = 64,
-// H = 1024; at H = 64, T = 100 the packed form was ahead (0.94x). It is taken there whatever T.
+// H = 1024; at H = 64, T = 100 the packed form was ahead (0.94x). It is taken there whatever T
+// where its panels of rows are nearly full (N >= 7/8 of WRowsTiling::padded(N)). With emptier
+// panels (AVX-512: 24 rows in a panel of 32, 33 in 32 + 16) it lost over long sequences (Zen 4,
+// H = 256: 0.86x at T = 4, N = 33; 0.85-0.87x at T = 100, N = 24 and 33; 2026-12-07) and follows
+// the row-steps rule below.
 constexpr int64_t kWRowsMinHidden = 256;
+constexpr int64_t kWRowsMinFillEighths = 7;
 
-bool forward_direct(const StepSchedule& s, int64_t H, bool in_place_gemm) {
+// wrows_padded: WRowsTiling::padded(N) where the direct form can read W_hh's rows in place with
+// the packed form's sums (float or double throughout), else 0.
+bool forward_direct(const StepSchedule& s, int64_t H, int64_t wrows_padded) {
   const Form f = forced_form();
   if (f != Form::kAuto) return f == Form::kDirect;
-  if (in_place_gemm && s.N >= kWRowsMinRows && s.N <= kWRowsMaxRows && H >= kWRowsMinHidden) {
+  if (wrows_padded > 0 && s.N >= kWRowsMinRows && s.N <= kWRowsMaxRows && H >= kWRowsMinHidden &&
+      8 * s.N >= kWRowsMinFillEighths * wrows_padded) {
     return true;
   }
   const int64_t row_steps =
@@ -453,7 +461,8 @@ void forward_layer(const ForwardParams<scalar_t, w_t>& p) {
   // Every buffer is allocated here, before any thread starts; slot i belongs to thread i.
   const int slots = plan.threads();
   constexpr bool kInPlaceGemm = std::is_same_v<scalar_t, acc_t> && std::is_same_v<w_t, acc_t>;
-  const bool direct = kInt8 || forward_direct(s, H, kInPlaceGemm);  // int8: qdot, own layouts
+  const bool direct =  // int8: qdot, own layouts
+      kInt8 || forward_direct(s, H, kInPlaceGemm ? WRowsTiling<acc_t>::padded(s.N) : 0);
   std::vector<ForwardBuffers<acc_t>> bufs(slots);
   std::vector<QuantizedRows> hq(kInt8 ? p.D : 0);
   for (auto& q : hq) q.reserve(s.N, H);
