@@ -17,7 +17,9 @@ step-wise grid (GRUCell and GRU at T=1, N 1,8,64 x H 64,256,1024, from a carried
 T=2, 4 with N=8); with --cases lowp, the quantized modules (int8 and bfloat16 weights, inference) at the low-precision
 shapes, nn.GRU in float32 as the control; with --cases bf16, the canonical shapes from small up in
 bfloat16 (model.to(torch.bfloat16)), inference and training, and GRUCell and GRU at T=1 (N 1, 8 x
-H 256, 1024) from a carried state, nn.GRU in bfloat16 as the control.
+H 256, 1024) from a carried state, nn.GRU in bfloat16 as the control; with --cases gemm, float32
+products through the backend's GEMM (_C._cpu_gemm) at the canonical phases' shapes, torch.mm as
+the control.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ LOWP = [("medium-2L-bi", 100, 32, 256, 256, 2, True), ("large", 50, 64, 512, 102
 # inference from a carried state: GRUCell and GRU at T=1 by N, and GRU at T=2, 4 with N=8 (input
 # projections of 16 and 32 rows, recurrences of 8).
 ROWS_N, ROWS_H = (16, 24, 32, 48), (256, 1024)
+
+# --cases gemm: float32 products C[M, N] = A[M, K] B[K, N] through the backend's GEMM
+# (_C._cpu_gemm), torch.mm as the control: "xwt", B = W^T of a row-major W [N, K] (the input
+# projections, x W_ih^T); "plain", B row-major (d(input) = dG W_ih); "atb", A = G^T of a row-major
+# G [K, M] (the weight gradients, dW = dG^T x). At the canonical shapes' phases, and at a few
+# hundred rows (short sequences).
+GEMMS = [("xwt", 3200, 256, 768), ("xwt", 3200, 512, 768), ("xwt", 3200, 512, 3072),
+         ("xwt", 200, 256, 768), ("xwt", 256, 1024, 3072), ("xwt", 800, 1024, 3072),
+         ("plain", 3200, 768, 256), ("plain", 3200, 3072, 512), ("atb", 768, 3200, 256),
+         ("atb", 3072, 3200, 512)]
 
 
 def cases(groups):
@@ -88,6 +100,10 @@ def cases(groups):
                                                                         else ""),
                                     kind=kind, T=1, N=N, C=H, H=H, L=1, bi=False,
                                     mode="inference", h0=True, dtype="bfloat16"))
+    if "gemm" in groups:
+        for form, M, K, N in GEMMS:
+            out.append(dict(name=f"gemm {form} {M}x{K}x{N}", kind="gemm", form=form, M=M, K=K,
+                            N=N, mode="inference"))
     if "lowp" in groups:
         for quant in ("int8", "bf16"):
             for name, T, N, C, H, L, bi in LOWP:
@@ -105,6 +121,15 @@ def _runner(spec, impl):
     import gru_native
 
     torch.manual_seed(0)
+    if spec["kind"] == "gemm":
+        M, K, N = spec["M"], spec["K"], spec["N"]
+        a = torch.randn(K, M).t() if spec["form"] == "atb" else torch.randn(M, K)
+        b = torch.randn(N, K).t() if spec["form"] == "xwt" else torch.randn(K, N)
+        c = torch.empty(M, N)
+        if impl == "nn":
+            return lambda: torch.mm(a, b, out=c)
+        from gru_native import _C
+        return lambda: _C._cpu_gemm(a, b, c)
     if spec["kind"] == "cell":
         ref = torch.nn.GRUCell(spec["C"], spec["H"])
         mod = ref if impl == "nn" else gru_native.GRUCell(spec["C"], spec["H"])
