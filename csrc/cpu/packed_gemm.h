@@ -31,7 +31,7 @@ struct PackedGemm {
   static constexpr int64_t kV = V::size();
   static constexpr int64_t kNR = 2 * kV;  // panel width: two vectors
   static constexpr int kMR = 6;           // rows per microkernel tile
-  static constexpr int64_t kKC = 256;     // K block: a panel's block stays in L1 across rows
+  static constexpr int64_t kKC = 512;     // K block, gemm.cpp's (the same sums)
 
   // Packed B: ceil(Nc / kNR) panels, each [K, kNR] row-major, zero-padded past Nc, in data_. In
   // view form, data_ holds only the last partial panel (if any).

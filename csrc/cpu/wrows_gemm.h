@@ -28,7 +28,7 @@ struct WRowsTiling {
   static constexpr int64_t kV = V::size();
   static constexpr int64_t kLanes = 2 * kV;  // rows of A in a panel (a tile's columns of C^T)
   static constexpr int kWRows = 6;           // rows of W in a tile: 12 accumulators
-  static constexpr int64_t kKC = 256;        // the K block of gemm.cpp and packed_gemm.h
+  static constexpr int64_t kKC = 512;        // the K block of gemm.cpp and packed_gemm.h
 
   // A's M rows in panels of kLanes, the last one of kV rows where at most kV remain (a narrow
   // panel, one vector: 16 rows on AVX-512 would fill half of a 32-row tile with zeros).
