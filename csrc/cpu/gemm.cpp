@@ -92,14 +92,16 @@ ThreadBuffers<T>& thread_buffers() {
 }
 
 // r[0, kV) := its transpose (r[i][j] <- r[j][i]), by log2(kV) rounds of perfect shuffles.
+// (Raw<T>, not Vec<T>: an array of at::vec's class would go through the stack, vec.h.)
 template <typename T>
-inline void transpose_square(Vec<T>* r) {
+inline void transpose_square(Raw<T>* r) {
   constexpr int n = static_cast<int>(Vec<T>::size());
+#pragma GCC unroll 4
   for (int round = 1; round < n; round *= 2) {
-    Vec<T> next[n];
+    Raw<T> next[n];
 #pragma GCC unroll 16
     for (int i = 0; i < n / 2; ++i) {
-      const auto pair = at::vec::interleave2(r[i], r[i + n / 2]);
+      const auto pair = at::vec::interleave2(Vec<T>(r[i]), Vec<T>(r[i + n / 2]));
       next[2 * i] = pair.first;
       next[2 * i + 1] = pair.second;
     }
@@ -143,12 +145,12 @@ void pack_a(int64_t mc, int64_t kc, const S* A, int64_t rs, int64_t cs, T* dst) 
         // where kMR belong: the next store, or the slack past the buffer, takes the rest).
         int64_t k = 0;
         for (; k + kV <= kc; k += kV) {
-          V r[kV];
+          Raw<T> r[kV];
 #pragma GCC unroll 16
           for (int i = 0; i < kV; ++i) r[i] = i < MR ? V::loadu(a + i * rs + k) : V(T(0));
           transpose_square<T>(r);
 #pragma GCC unroll 16
-          for (int j = 0; j < kV; ++j) r[j].store(dst + (k + j) * MR);
+          for (int j = 0; j < kV; ++j) V(r[j]).store(dst + (k + j) * MR);
         }
         for (; k < kc; ++k) {
 #pragma GCC unroll 16
@@ -201,12 +203,12 @@ void pack_b(int64_t kc, int64_t nc, const S* B, int64_t rs, int64_t cs, T* dst) 
         for (; k + kV <= kc; k += kV) {
 #pragma GCC unroll 2
           for (int64_t half = 0; half < 2; ++half) {
-            V r[kV];
+            Raw<T> r[kV];
 #pragma GCC unroll 16
             for (int64_t c = 0; c < kV; ++c) r[c] = V::loadu(b + (half * kV + c) * cs + k);
             transpose_square<T>(r);
 #pragma GCC unroll 16
-            for (int64_t j = 0; j < kV; ++j) r[j].store(dst + (k + j) * NR + half * kV);
+            for (int64_t j = 0; j < kV; ++j) V(r[j]).store(dst + (k + j) * NR + half * kV);
           }
         }
         for (; k < kc; ++k) {
