@@ -290,8 +290,8 @@ inline void put_n(T* c, const T* bias, bool add_c, Vec<T> v, int64_t n) {
 
 // A tile's sums acc (kMR x kNR) into C: rows [0, mr), columns [0, nc), as TileStart says.
 template <typename T>
-inline void put_tile(Vec<T> (&acc)[Blocking<T>::kMR][2], T* c, int64_t ldc, int mr, int64_t nc,
-                     TileStart start) {
+inline void put_tile(const Raw<T> (&acc)[Blocking<T>::kMR][2], T* c, int64_t ldc, int mr,
+                     int64_t nc, TileStart start) {
   using V = Vec<T>;
   constexpr int MR = Blocking<T>::kMR;
   constexpr int64_t kV = V::size();
@@ -300,14 +300,14 @@ inline void put_tile(Vec<T> (&acc)[Blocking<T>::kMR][2], T* c, int64_t ldc, int 
     if (start.add_c) {
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        (V::loadu(c + i * ldc) + acc[i][0]).store(c + i * ldc);
-        (V::loadu(c + i * ldc + kV) + acc[i][1]).store(c + i * ldc + kV);
+        (V::loadu(c + i * ldc) + V(acc[i][0])).store(c + i * ldc);
+        (V::loadu(c + i * ldc + kV) + V(acc[i][1])).store(c + i * ldc + kV);
       }
     } else {
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        acc[i][0].store(c + i * ldc);
-        acc[i][1].store(c + i * ldc + kV);
+        V(acc[i][0]).store(c + i * ldc);
+        V(acc[i][1]).store(c + i * ldc + kV);
       }
     }
     return;
@@ -316,8 +316,8 @@ inline void put_tile(Vec<T> (&acc)[Blocking<T>::kMR][2], T* c, int64_t ldc, int 
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i < mr) {
-      put_n(c + i * ldc, bias, start.add_c, acc[i][0], n0);
-      put_n(c + i * ldc + kV, bias ? bias + kV : nullptr, start.add_c, acc[i][1], n1);
+      put_n(c + i * ldc, bias, start.add_c, V(acc[i][0]), n0);
+      put_n(c + i * ldc + kV, bias ? bias + kV : nullptr, start.add_c, V(acc[i][1]), n1);
     }
   }
 }
@@ -345,13 +345,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
       acc[i][1] = at::vec::fmadd(x, b1, V(acc[i][1]));
     }
   }
-  V out[MR][2];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    out[i][0] = acc[i][0];
-    out[i][1] = acc[i][1];
-  }
-  put_tile<T>(out, c, ldc, mr, nc, start);
+  put_tile<T>(acc, c, ldc, mr, nc, start);
 }
 
 // S: the element type of A and B (T, or a half type packed into T = float).
@@ -403,15 +397,9 @@ void run_rectangle_pairs(const Problem<float, c10::BFloat16>& p, int64_t m0, int
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const uint32_t* b = bp + (jr / NR) * np * NR;
           for (int64_t ir = 0; ir < mc; ir += MR) {
-            __m512 sums[MR][2];
+            Raw<float> sums[MR][2];  // __m512
             pairs::tile<MR>(np, PackedWords{ap + (ir / MR) * np * MR}, false, b, sums);
-            Vec<float> acc[MR][2];
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i) {
-              acc[i][0] = sums[i][0];
-              acc[i][1] = sums[i][1];
-            }
-            put_tile<float>(acc, p.C + (ic + ir) * p.ldc + jc + jr, p.ldc,
+            put_tile<float>(sums, p.C + (ic + ir) * p.ldc + jc + jr, p.ldc,
                             static_cast<int>(std::min<int64_t>(MR, mc - ir)),
                             std::min(NR, nc - jr), TileStart{add_c, bias ? bias + jr : nullptr});
           }
