@@ -284,7 +284,12 @@ __attribute__((noinline)) void dot_tile(int64_t K, const c10::BFloat16* a, int64
 #pragma GCC unroll 8
     for (int j = 0; j < CB; ++j) acc[i][j] = _mm512_setzero_ps();
   }
-  auto chunk = [&](int64_t k, __mmask32 mask) {
+  // One loop, the last vector masked (a lambda called for the whole vectors and again for the
+  // tail, capturing acc, kept the sums in memory: a load and a store around each product).
+  const __mmask32 tail = K % 32 == 0 ? ~__mmask32(0)
+                                     : static_cast<__mmask32>((uint64_t(1) << (K % 32)) - 1);
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = k + 32 <= K ? ~__mmask32(0) : tail;
     __m512i av[RB];
 #pragma GCC unroll 8
     for (int i = 0; i < RB; ++i) av[i] = _mm512_maskz_loadu_epi16(mask, a + i * lda + k);
@@ -297,10 +302,7 @@ __attribute__((noinline)) void dot_tile(int64_t K, const c10::BFloat16* a, int64
         __asm__("" : "+v"(acc[i][j]));  // each sum in its register (no rotation, no spill)
       }
     }
-  };
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) chunk(k, ~__mmask32(0));
-  if (k < K) chunk(k, static_cast<__mmask32>((uint64_t(1) << (K - k)) - 1));
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < RB; ++i) {
 #pragma GCC unroll 8
