@@ -401,9 +401,10 @@ Form forced_form() {
 // The forward's direct dot products (dot_gemm.h) read W_hh once per step, as the packed
 // microkernel reads its copy, but run fewer multiply-adds a cycle; packing costs about a pass
 // over W_hh per call. Direct wins up to about T * N = 96 row-steps, more where W_hh is large
-// (H / 4 row-steps: measured 128 at H = 512, 256 at H = 1024), and always at N <= 2, where
-// both stream the weights once per step (the measurements: benchmarks/NOTES.md, "Step-wise
-// calls").
+// (H / 4 row-steps: measured 128 at H = 512, 256 at H = 1024), and always at N = 1, where both
+// stream the weights once per step (the measurements: benchmarks/NOTES.md, "Step-wise calls").
+// At N = 2 the packed form is ahead over long sequences (T = 200, H = 256 and 512-1024: direct
+// 0.78-0.80x with AVX-512, 0.86-0.89x with AVX2, Zen 4, 2026-12-07): the row-steps rule.
 constexpr int64_t kDirectForwardRowSteps = 96;
 constexpr int64_t kDirectForwardRowStepsPerHidden = 4;  // H / 4 row-steps when more than 96
 // Below a vector's width of hidden units the dot products are mostly their horizontal sums,
@@ -438,7 +439,7 @@ bool forward_direct(const StepSchedule& s, int64_t H, int64_t wrows_padded) {
   }
   const int64_t row_steps =
       std::max(kDirectForwardRowSteps, H / kDirectForwardRowStepsPerHidden);
-  return H >= kDirectForwardMinHidden && (s.N <= 2 || s.T * s.N <= row_steps);
+  return H >= kDirectForwardMinHidden && (s.N == 1 || s.T * s.N <= row_steps);
 }
 
 bool backward_direct(const StepSchedule& s) {
