@@ -344,29 +344,36 @@ inline Vec<Math<T>> load_first(const T* p, int64_t n) {
 // GCC 12 keeps an array of the class in memory, storing every accumulator to the stack after each
 // FMA (the float GEMM's 12 x 2 tile: 24 stores per 24 FMAs, 0.84x MKL's rate on a Zen 4), where
 // an array of the register type stays in registers.
+#if defined(CPU_CAPABILITY_AVX512)
+using RawFloat = __m512;
+using RawDouble = __m512d;
+constexpr bool kRawRegisters = true;
+#elif defined(CPU_CAPABILITY_AVX2)
+using RawFloat = __m256;
+using RawDouble = __m256d;
+constexpr bool kRawRegisters = true;
+#else
+using RawFloat = Vec<float>;
+using RawDouble = Vec<double>;
+constexpr bool kRawRegisters = false;
+#endif
+// (Specialised, not std::conditional_t: a vector type as a template argument loses its
+// attributes.)
 template <typename T>
 struct RawVec {
   using type = Vec<T>;
+  static constexpr bool kRegister = false;
 };
-#if defined(CPU_CAPABILITY_AVX512)
 template <>
 struct RawVec<float> {
-  using type = __m512;
+  using type = RawFloat;
+  static constexpr bool kRegister = kRawRegisters;
 };
 template <>
 struct RawVec<double> {
-  using type = __m512d;
+  using type = RawDouble;
+  static constexpr bool kRegister = kRawRegisters;
 };
-#elif defined(CPU_CAPABILITY_AVX2)
-template <>
-struct RawVec<float> {
-  using type = __m256;
-};
-template <>
-struct RawVec<double> {
-  using type = __m256d;
-};
-#endif
 template <typename T>
 using Raw = typename RawVec<T>::type;
 
@@ -376,20 +383,15 @@ using Raw = typename RawVec<T>::type;
 // tile): 1.05-1.25x on products whose W is in L2 (benchmarks/NOTES.md section 10).
 template <typename V>
 inline V in_register(V v) {
-  // "v": any vector register the target has (xmm/ymm/zmm 0-15, or 0-31 with AVX-512).
-  [[maybe_unused]] const auto pin = [](auto raw) {
+  using T = typename V::value_type;
+  if constexpr (!RawVec<T>::kRegister) {
+    return v;  // no register type under it (a portable build, or a half type's vector)
+  } else {
+    // "v": any vector register the target has (xmm/ymm/zmm 0-15, or 0-31 with AVX-512).
+    Raw<T> raw = static_cast<Raw<T>>(v);
     __asm__("" : "+v"(raw));
-    return raw;
-  };
-  using T [[maybe_unused]] = typename V::value_type;
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m512>(v)));
-  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m512d>(v)));
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) return V(pin(static_cast<__m256>(v)));
-  if constexpr (std::is_same_v<T, double>) return V(pin(static_cast<__m256d>(v)));
-#endif
-  return v;
+    return V(raw);
+  }
 }
 
 }  // namespace
